@@ -51,6 +51,9 @@ public struct TaskRecord: Sendable, Hashable, Codable {
     public var completedAt: Date?
     /// The error text of the last failure, if any.
     public var lastError: String?
+    /// The output of a `finished` task when it was small enough to keep in the record; `nil` when it
+    /// is in the payload store under ``PayloadKey/output(_:)`` (or the task is not finished).
+    public var output: [UInt8]?
 
     /// Creates a pending task record.
     public init(
@@ -65,7 +68,8 @@ public struct TaskRecord: Sendable, Hashable, Codable {
         submittedAt: Date,
         startedAt: Date? = nil,
         completedAt: Date? = nil,
-        lastError: String? = nil
+        lastError: String? = nil,
+        output: [UInt8]? = nil
     ) {
         self.id = id
         self.state = state
@@ -79,6 +83,7 @@ public struct TaskRecord: Sendable, Hashable, Codable {
         self.startedAt = startedAt
         self.completedAt = completedAt
         self.lastError = lastError
+        self.output = output
     }
 }
 

@@ -1,0 +1,89 @@
+import Foundation
+import GridKernel
+import GridPlugins
+import Logging
+import Testing
+
+@testable import HTCCore
+
+/// The whole embedded grid with real `htc-agent` processes on one SQLite file.
+@Suite(.serialized) struct AgentCrashTests {
+    private func startAgent(_ index: Int, grid: String, directory: URL, arguments extra: [String] = []) throws -> Process {
+        let process = Process()
+        process.executableURL = try AgentPool.agentBinary()
+        process.arguments = [
+            "--grid", grid, "--id", "agent-\(index)", "--concurrency", "32",
+            "--lease-duration", "2", "--heartbeat-interval", "0.5", "--reaper-interval", "0.5",
+            "--record-runs", directory.appendingPathComponent("runs-\(index).txt").path,
+            "--log-level", "warning",
+        ] + extra
+        try process.run()
+        return process
+    }
+
+    @Test func sigkilledAgentLosesNoTaskAndDuplicatesNoResult() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("htc-crash-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let grid = "sqlite://" + directory.appendingPathComponent("grid.db").path
+        let backends = try await BackendRegistry.installed.makeBackends(GridURLs(grid: grid), context: BackendContext())
+        let client = GridClient(backends: backends)
+        let session = try await client.createSession()
+        let total = 20_000
+        let inputs = (0..<total).map { Workload.input(index: $0, bytes: 64) }
+
+        // The victim's tasks take 200 ms each (an echo through a child process), so it always holds
+        // running tasks when it is killed; the survivor echoes in process.
+        let victim = try startAgent(0, grid: grid, directory: directory, arguments: ["--exec", "sleep 0.2; cat"])
+        let survivor = try startAgent(1, grid: grid, directory: directory)
+        defer {
+            for process in [victim, survivor] where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+        try await client.submit(session.id, inputs: inputs)
+
+        // Kill the victim while it owns running tasks, a quarter of the way through.
+        try await waitUntil(timeout: .seconds(120), "a quarter of the tasks finished and agent-0 owns some") {
+            guard try await client.counts(session.id)[.finished] >= total / 4 else { return false }
+            let processing = try await backends.state.tasks(session.id, state: .processing, after: nil, limit: 1_000)
+            return processing.items.contains { $0.owner == AgentID("agent-0") }
+        }
+        kill(victim.processIdentifier, SIGKILL)
+        victim.waitUntilExit()
+        #expect(victim.terminationReason == .uncaughtSignal)
+
+        let counts = try await client.wait(for: session.id, expected: total, pollInterval: .milliseconds(50), timeout: .seconds(180))
+        #expect(counts[.finished] == total)
+        #expect(counts[.pending] == 0 && counts[.processing] == 0 && counts[.failed] == 0)
+
+        var seen = Set<Int>()
+        var retried = 0
+        var cursor: String?
+        repeat {
+            let page = try await client.results(session.id, state: .finished, after: cursor, limit: 5_000)
+            for result in page.items {
+                #expect(seen.insert(result.record.id.index).inserted, "task \(result.record.id) listed twice")
+                #expect(result.output == inputs[result.record.id.index], "wrong output for \(result.record.id)")
+                if result.record.retries > 0 { retried += 1 }
+            }
+            cursor = page.next
+        } while cursor != nil
+        #expect(seen.count == total)
+        // The tasks the victim held came back through the reaper: the recovery path really ran.
+        #expect(retried > 0)
+
+        survivor.terminate()
+        survivor.waitUntilExit()
+        #expect(survivor.terminationStatus == 0, "SIGTERM must drain and exit 0")
+    }
+}
+
+func waitUntil(timeout: Duration, _ what: String, _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("timed out waiting until \(what)")
+            throw CancellationError()
+        }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}

@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Each installs what it needs first.
+SHELL := /bin/bash
+SWIFT ?= swift
+RELEASE_BIN = $(shell $(SWIFT) build -c release --show-bin-path)
+DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path)
+
+.PHONY: deps demo test build release bench clean
+
+deps:
+	@scripts/install-deps.sh
+
+release: deps
+	$(SWIFT) build -c release --product htc-agent
+	$(SWIFT) build -c release --product htc
+
+## Runs 100,000 tasks on the embedded grid (SQLite + local disk) with 2 agent processes.
+demo: release
+	$(RELEASE_BIN)/htc demo $(DEMO_ARGS)
+
+## Builds everything in debug and release and runs every test, unit and integration.
+test: deps
+	$(SWIFT) build --build-tests
+	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make $(SWIFT) test --skip-build
+	$(SWIFT) build -c release
+
+## The acceptance benchmark: 20,000 tasks, 2 agents, 64-byte payloads, on SQLite.
+bench: release
+	$(RELEASE_BIN)/htc bench --backend sqlite --tasks 20000 --agents 2 --payload-bytes 64 --json
+
+clean:
+	rm -rf .build

@@ -1,0 +1,75 @@
+/// Settings of an ``Agent``. The defaults suit short tasks on a small machine; every one has a flag
+/// and an `HTC_*` variable in `htc-agent` (see docs/configuration.md).
+public struct AgentConfiguration: Sendable {
+    /// The agent's identity, stored as the owner of the tasks it runs.
+    public var id: AgentID
+    /// How many tasks run at once. Default 8.
+    public var concurrency: Int
+    /// The most messages leased in one call. Default 256.
+    public var leaseBatchSize: Int
+    /// How long a lease (queue visibility and state-store ownership) lasts before it must be renewed.
+    /// An agent that dies loses its tasks to others after about this long. Default 30 s.
+    public var leaseDuration: Duration
+    /// How often running tasks are heartbeated and checked for cancellation; a cancelled task stops
+    /// within one interval. Must be well under ``leaseDuration``. Default 5 s.
+    public var heartbeatInterval: Duration
+    /// How long one lease call may wait for messages (long poll) when the queue supports it. Default 0.
+    public var pollWait: Duration
+    /// Back-off after an empty lease: starts at the lower bound, doubles up to the upper. Default 2–200 ms.
+    public var idleBackoff: ClosedRange<Duration>
+    /// One lease call in this many serves the lowest priorities first, so a flood of high-priority work
+    /// cannot starve the rest; 0 turns the guard off. Default 10.
+    public var starvationGuard: Int
+    /// Outputs up to this many bytes are kept in the task record instead of the payload store. Default 8 KiB.
+    public var inlineOutputLimit: Int
+    /// A task that failed and will be retried becomes visible again after this delay. Default 1 s.
+    public var retryDelay: Duration
+    /// On a graceful stop, running tasks get this long to finish before they are stopped and handed
+    /// back. Default 30 s.
+    public var drainTimeout: Duration
+    /// Called with the ids of tasks whose handler ran to completion, once per flush (for `htc bench`'s
+    /// duplicate count and for tests).
+    public var onRunsCompleted: (@Sendable ([TaskID]) -> Void)?
+
+    /// Creates a configuration with the defaults.
+    public init(
+        id: AgentID = .unique(),
+        concurrency: Int = 8,
+        leaseBatchSize: Int = 256,
+        leaseDuration: Duration = .seconds(30),
+        heartbeatInterval: Duration = .seconds(5),
+        pollWait: Duration = .zero,
+        idleBackoff: ClosedRange<Duration> = .milliseconds(2) ... .milliseconds(200),
+        starvationGuard: Int = 10,
+        inlineOutputLimit: Int = 8 * 1024,
+        retryDelay: Duration = .seconds(1),
+        drainTimeout: Duration = .seconds(30),
+        onRunsCompleted: (@Sendable ([TaskID]) -> Void)? = nil
+    ) {
+        self.id = id
+        self.concurrency = concurrency
+        self.leaseBatchSize = leaseBatchSize
+        self.leaseDuration = leaseDuration
+        self.heartbeatInterval = heartbeatInterval
+        self.pollWait = pollWait
+        self.idleBackoff = idleBackoff
+        self.starvationGuard = starvationGuard
+        self.inlineOutputLimit = inlineOutputLimit
+        self.retryDelay = retryDelay
+        self.drainTimeout = drainTimeout
+        self.onRunsCompleted = onRunsCompleted
+    }
+
+    /// Checks the settings.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` naming the setting that is out of range.
+    public func validate() throws {
+        guard concurrency >= 1 else { throw GridError.invalidArgument("concurrency must be at least 1 (HTC_CONCURRENCY)") }
+        guard leaseBatchSize >= 1 else { throw GridError.invalidArgument("lease batch size must be at least 1") }
+        guard heartbeatInterval > .zero, heartbeatInterval * 2 <= leaseDuration else {
+            throw GridError.invalidArgument(
+                "heartbeat interval (\(heartbeatInterval)) must be positive and at most half the lease duration (\(leaseDuration))"
+            )
+        }
+    }
+}

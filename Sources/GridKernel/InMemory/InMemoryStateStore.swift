@@ -1,0 +1,449 @@
+import Foundation
+
+/// The reference ``StateStore``: sessions and task records kept in memory.
+///
+/// Every transition is checked and applied inside the actor, so it is atomic and exactly one of
+/// several concurrent claimers wins. Each session keeps its task indices sorted per state, and
+/// processing tasks are kept sorted by lease expiry, so paging a state and finding expired leases cost
+/// O(log n + page) however many tasks there are.
+///
+/// The store takes every time from its callers (`now`, `at`, the records' dates); the clock is
+/// accepted so that all in-memory backends are built alike.
+///
+/// Cursors: ``sessions(after:limit:)`` pages with the last session id, ``tasks(_:state:after:limit:)``
+/// with the last task index (``IntegerCursor``).
+public actor InMemoryStateStore: StateStore {
+    /// A session's task indices, sorted, one list per state.
+    private struct StateIndex {
+        private var lists = [SortedList<Int>](repeating: SortedList(), count: TaskState.allCases.count)
+
+        subscript(state: TaskState) -> SortedList<Int> { lists[Self.slot(state)] }
+
+        mutating func insert(_ index: Int, into state: TaskState) { lists[Self.slot(state)].insert(index) }
+
+        mutating func remove(_ index: Int, from state: TaskState) { lists[Self.slot(state)].remove(index) }
+
+        private static func slot(_ state: TaskState) -> Int {
+            switch state {
+            case .pending: 0
+            case .processing: 1
+            case .finished: 2
+            case .failed: 3
+            case .cancelled: 4
+            }
+        }
+    }
+
+    /// A processing task by lease expiry.
+    private struct ExpiryKey: Comparable {
+        let expiry: Date
+        let id: TaskID
+        static func < (lhs: ExpiryKey, rhs: ExpiryKey) -> Bool { (lhs.expiry, lhs.id) < (rhs.expiry, rhs.id) }
+    }
+
+    private let clock: any GridClock
+    private var sessionRecords: [SessionID: SessionRecord] = [:]
+    private var sessionOrder = SortedList<SessionID>()
+    private var records: [TaskID: TaskRecord] = [:]
+    private var indexes: [SessionID: StateIndex] = [:]
+    private var expiries = SortedList<ExpiryKey>()
+
+    /// Creates an empty store.
+    public init(clock: any GridClock = SystemClock()) {
+        self.clock = clock
+    }
+
+    // MARK: - Sessions
+
+    /// Creates a session.
+    ///
+    /// - Throws: ``GridError/Code/conflict`` if it exists.
+    public func createSession(_ session: SessionRecord) async throws {
+        guard sessionRecords[session.id] == nil else {
+            throw GridError(.conflict, "session '\(session.id)' already exists", backend: Self.backend)
+        }
+        sessionRecords[session.id] = session
+        sessionOrder.insert(session.id)
+    }
+
+    /// Reads a session.
+    ///
+    /// - Throws: ``GridError/Code/notFound``.
+    public func session(_ id: SessionID) async throws -> SessionRecord {
+        try existingSession(id)
+    }
+
+    /// Lists sessions in id order; the cursor is the last id of the previous page.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a malformed cursor or a `limit` below 1.
+    public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
+        try Self.check(limit: limit)
+        let after: SessionID?
+        do {
+            after = try cursor.map { try SessionID($0) }
+        } catch {
+            throw GridError.invalidArgument(
+                "cursor '\(cursor ?? "")' is malformed; pass the 'next' value of the previous page", backend: Self.backend
+            )
+        }
+        let (ids, more) = sessionOrder.elements(after: after, limit: limit)
+        return Page(items: ids.compactMap { sessionRecords[$0] }, next: more ? ids.last?.rawValue : nil)
+    }
+
+    /// Reserves `count` consecutive task indices.
+    ///
+    /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/conflict`` if it was
+    ///   cancelled; ``GridError/Code/invalidArgument`` for a negative count.
+    public func reserveTaskIndices(_ session: SessionID, count: Int) async throws -> Range<Int> {
+        guard count >= 0 else {
+            throw GridError.invalidArgument("count is \(count); it must not be negative", backend: Self.backend)
+        }
+        var record = try existingSession(session)
+        guard !record.cancelled else {
+            throw GridError(.conflict, "session '\(session)' was cancelled; it takes no more tasks", backend: Self.backend)
+        }
+        let range = record.taskCount..<(record.taskCount + count)
+        record.taskCount += count
+        sessionRecords[session] = record
+        return range
+    }
+
+    /// Marks the session cancelled and cancels its pending and processing tasks.
+    ///
+    /// - Throws: ``GridError/Code/notFound`` for an unknown session.
+    public func cancelSession(_ id: SessionID, at: Date) async throws -> CancelCounts {
+        var record = try existingSession(id)
+        record.cancelled = true
+        sessionRecords[id] = record
+        guard let index = indexes[id] else { return CancelCounts() }
+        let live = (index[.pending].all + index[.processing].all).map { TaskID(session: id, index: $0) }
+        return cancelTasks(live, at: at)
+    }
+
+    // MARK: - Tasks
+
+    /// Creates the records of tasks that do not exist yet; existing ones are left as they are.
+    /// Tasks of sessions the store does not know are accepted. Never throws.
+    public func createTasks(_ tasks: [TaskRecord]) async throws {
+        for task in tasks where records[task.id] == nil {
+            store(task, replacing: nil)
+        }
+    }
+
+    /// Claims the tasks that are pending and unowned. Unknown tasks are ignored. Never throws.
+    public func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
+        var won: [TaskRecord] = []
+        for id in ids {
+            guard let old = records[id], old.state == .pending, old.owner == nil else { continue }
+            var new = old
+            new.state = .processing
+            new.owner = owner
+            new.startedAt = now
+            new.leaseExpiry = leaseExpiry
+            store(new, replacing: old)
+            won.append(new)
+        }
+        return won
+    }
+
+    /// Moves the lease expiry of the tasks `owner` still runs. Never throws.
+    public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
+        var held: Set<TaskID> = []
+        for id in ids {
+            guard let old = ownedRecord(id, by: owner) else { continue }
+            var new = old
+            new.leaseExpiry = leaseExpiry
+            store(new, replacing: old)
+            held.insert(id)
+        }
+        return held
+    }
+
+    /// Finishes the tasks `owner` still runs, keeping inline outputs in ``TaskRecord/output``. Never throws.
+    public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
+        var finished: Set<TaskID> = []
+        for completion in completions {
+            guard let old = ownedRecord(completion.id, by: owner) else { continue }
+            var new = old
+            new.state = .finished
+            new.owner = nil
+            new.leaseExpiry = nil
+            new.completedAt = at
+            new.output = completion.output
+            store(new, replacing: old)
+            finished.insert(completion.id)
+        }
+        return finished
+    }
+
+    /// Records failed runs of the tasks `owner` still runs, by ``TaskRecord/afterFailure(message:retryable:at:)``.
+    /// Never throws.
+    public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
+        var states: [TaskID: TaskState] = [:]
+        for failure in failures {
+            guard let old = ownedRecord(failure.id, by: owner) else { continue }
+            let new = old.afterFailure(message: failure.message, retryable: failure.retryable, at: at)
+            store(new, replacing: old)
+            states[failure.id] = new.state
+        }
+        return states
+    }
+
+    /// Reaps the tasks whose lease expired before `now`, by the retry rule. Never throws.
+    public func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState] {
+        var states: [TaskID: TaskState] = [:]
+        for id in ids {
+            guard let old = records[id], old.state == .processing, let expiry = old.leaseExpiry, expiry < now else {
+                continue
+            }
+            let new = old.afterFailure(message: "lease expired", retryable: true, at: now)
+            store(new, replacing: old)
+            states[id] = new.state
+        }
+        return states
+    }
+
+    /// Fails the tasks that are not terminal, whatever their owner or retries. Never throws.
+    public func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID> {
+        var failed: Set<TaskID> = []
+        for failure in failures {
+            guard let old = records[failure.id], !old.state.isTerminal else { continue }
+            var new = old
+            new.state = .failed
+            new.owner = nil
+            new.leaseExpiry = nil
+            new.lastError = failure.message
+            new.completedAt = at
+            store(new, replacing: old)
+            failed.insert(failure.id)
+        }
+        return failed
+    }
+
+    /// Cancels the tasks that are not terminal. Never throws.
+    public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
+        cancelTasks(ids, at: at)
+    }
+
+    /// Reads one task.
+    ///
+    /// - Throws: ``GridError/Code/notFound``.
+    public func task(_ id: TaskID) async throws -> TaskRecord {
+        guard let record = records[id] else {
+            throw GridError.notFound("task '\(id)' does not exist", backend: Self.backend)
+        }
+        return record
+    }
+
+    /// Counts a session's tasks by state; an unknown session has no tasks. Never throws.
+    public func counts(_ session: SessionID) async throws -> StateCounts {
+        var counts = StateCounts()
+        guard let index = indexes[session] else { return counts }
+        for state in TaskState.allCases where index[state].count > 0 {
+            counts[state] = index[state].count
+        }
+        return counts
+    }
+
+    /// Pages through a session's tasks in one state, in index order; the cursor is the last index of
+    /// the previous page.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a malformed cursor or a `limit` below 1.
+    public func tasks(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskRecord> {
+        try Self.check(limit: limit)
+        let after: Int?
+        do {
+            after = try IntegerCursor.parse(cursor)
+        } catch var error as GridError {
+            error.backend = Self.backend
+            throw error
+        }
+        guard let index = indexes[session] else { return Page(items: [], next: nil) }
+        let (indices, more) = index[state].elements(after: after, limit: limit)
+        let items = indices.compactMap { records[TaskID(session: session, index: $0)] }
+        return Page(items: items, next: more ? indices.last.map(IntegerCursor.make) : nil)
+    }
+
+    /// Finds up to `limit` processing tasks whose lease expired before `now`, earliest first. Never throws.
+    public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
+        var found: [TaskRecord] = []
+        for key in expiries.prefix(limit, while: { $0.expiry < now }) {
+            if let record = records[key.id] { found.append(record) }
+        }
+        return found
+    }
+
+    // MARK: - Bookkeeping
+
+    private static let backend = "memory"
+
+    private static func check(limit: Int) throws {
+        guard limit >= 1 else {
+            throw GridError.invalidArgument("limit is \(limit); it must be at least 1", backend: backend)
+        }
+    }
+
+    private func existingSession(_ id: SessionID) throws -> SessionRecord {
+        guard let record = sessionRecords[id] else {
+            throw GridError.notFound("session '\(id)' does not exist", backend: Self.backend)
+        }
+        return record
+    }
+
+    private func ownedRecord(_ id: TaskID, by owner: AgentID) -> TaskRecord? {
+        guard let record = records[id], record.state == .processing, record.owner == owner else { return nil }
+        return record
+    }
+
+    private func cancelTasks(_ ids: [TaskID], at: Date) -> CancelCounts {
+        var counts = CancelCounts()
+        for id in ids {
+            guard let old = records[id], !old.state.isTerminal else { continue }
+            if old.state == .pending { counts.pending += 1 } else { counts.processing += 1 }
+            var new = old
+            new.state = .cancelled
+            new.owner = nil
+            new.leaseExpiry = nil
+            new.completedAt = at
+            store(new, replacing: old)
+        }
+        return counts
+    }
+
+    /// Writes a record and keeps the state lists and the expiry index in step with it.
+    private func store(_ new: TaskRecord, replacing old: TaskRecord?) {
+        let id = new.id
+        if old?.state != new.state {
+            if let old { indexes[id.session, default: StateIndex()].remove(id.index, from: old.state) }
+            indexes[id.session, default: StateIndex()].insert(id.index, into: new.state)
+        }
+        let oldKey = old.flatMap(Self.expiryKey)
+        let newKey = Self.expiryKey(new)
+        if oldKey != newKey {
+            if let oldKey { expiries.remove(oldKey) }
+            if let newKey { expiries.insert(newKey) }
+        }
+        records[id] = new
+    }
+
+    private static func expiryKey(_ record: TaskRecord) -> ExpiryKey? {
+        guard record.state == .processing, let expiry = record.leaseExpiry else { return nil }
+        return ExpiryKey(expiry: expiry, id: record.id)
+    }
+}
+
+/// A sorted set kept as a list of sorted chunks: O(log n + chunk) insert, remove and seek, in-order
+/// paging, and cheap removal at the front (the common case when tasks are claimed in order).
+private struct SortedList<Element: Comparable> {
+    private static var maxChunk: Int { 1_024 }
+    private var chunks: [[Element]] = []
+    private(set) var count = 0
+
+    /// Every element, in order.
+    var all: [Element] { chunks.flatMap { $0 } }
+
+    /// Inserts an element; does nothing if it is present.
+    mutating func insert(_ element: Element) {
+        guard let last = chunks.last?.last else {
+            chunks = [[element]]
+            count = 1
+            return
+        }
+        // Tasks are mostly created in index order: append without searching.
+        let chunk = element > last ? chunks.count - 1 : chunkIndex(firstNotBelow: element) ?? chunks.count - 1
+        let position = Self.position(in: chunks[chunk], firstNotBelow: element)
+        if position < chunks[chunk].count, chunks[chunk][position] == element { return }
+        chunks[chunk].insert(element, at: position)
+        count += 1
+        if chunks[chunk].count > Self.maxChunk {
+            let upper = Array(chunks[chunk][(Self.maxChunk / 2)...])
+            chunks[chunk].removeSubrange((Self.maxChunk / 2)...)
+            chunks.insert(upper, at: chunk + 1)
+        }
+    }
+
+    /// Removes an element; does nothing if it is absent.
+    mutating func remove(_ element: Element) {
+        guard let chunk = chunkIndex(firstNotBelow: element) else { return }
+        let position = Self.position(in: chunks[chunk], firstNotBelow: element)
+        guard position < chunks[chunk].count, chunks[chunk][position] == element else { return }
+        chunks[chunk].remove(at: position)
+        count -= 1
+        if chunks[chunk].isEmpty { chunks.remove(at: chunk) }
+    }
+
+    /// Up to `limit` elements greater than `after` (all from the start when `nil`), and whether more follow.
+    func elements(after: Element?, limit: Int) -> (elements: [Element], more: Bool) {
+        var result: [Element] = []
+        var chunk = 0
+        var position = 0
+        if let after {
+            guard let found = chunkIndex(firstAbove: after) else { return ([], false) }
+            chunk = found
+            position = Self.position(in: chunks[chunk], firstAbove: after)
+        }
+        while chunk < chunks.count {
+            while position < chunks[chunk].count {
+                if result.count == limit { return (result, true) }
+                result.append(chunks[chunk][position])
+                position += 1
+            }
+            chunk += 1
+            position = 0
+        }
+        return (result, false)
+    }
+
+    /// Up to `limit` elements from the start, while `predicate` holds.
+    func prefix(_ limit: Int, while predicate: (Element) -> Bool) -> [Element] {
+        var result: [Element] = []
+        for chunk in chunks {
+            for element in chunk {
+                guard result.count < limit, predicate(element) else { return result }
+                result.append(element)
+            }
+        }
+        return result
+    }
+
+    /// The first chunk whose last element is `>= element`.
+    private func chunkIndex(firstNotBelow element: Element) -> Int? {
+        firstChunk { $0 >= element }
+    }
+
+    /// The first chunk whose last element is `> element`.
+    private func chunkIndex(firstAbove element: Element) -> Int? {
+        firstChunk { $0 > element }
+    }
+
+    /// The first chunk whose last element satisfies `test`, which must be monotonic over the chunks.
+    private func firstChunk(where test: (Element) -> Bool) -> Int? {
+        var low = 0
+        var high = chunks.count
+        while low < high {
+            let middle = (low + high) / 2
+            if test(chunks[middle][chunks[middle].count - 1]) { high = middle } else { low = middle + 1 }
+        }
+        return low < chunks.count ? low : nil
+    }
+
+    private static func position(in chunk: [Element], firstNotBelow element: Element) -> Int {
+        var low = 0
+        var high = chunk.count
+        while low < high {
+            let middle = (low + high) / 2
+            if chunk[middle] < element { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    private static func position(in chunk: [Element], firstAbove element: Element) -> Int {
+        var low = 0
+        var high = chunk.count
+        while low < high {
+            let middle = (low + high) / 2
+            if chunk[middle] <= element { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import GridKernel
+import GridPlugins
+import Logging
+import Synchronization
+
+/// Agents started for `htc demo` and `htc bench`: `htc-agent` processes on a shared grid, or, for the
+/// in-memory backend, agents inside this process.
+final class AgentPool: Sendable {
+    private enum Members: Sendable {
+        case processes([Process], recordFiles: [String])
+        case inProcess([Agent], runs: RunCounter, task: Task<Void, Never>)
+    }
+
+    private let members: Members
+
+    private init(_ members: Members) { self.members = members }
+
+    /// Starts `count` `htc-agent` processes on the grid given by `urls`.
+    static func processes(
+        count: Int,
+        urls: GridURLs,
+        concurrency: Int,
+        workDirectory: URL,
+        extraArguments: [String] = []
+    ) throws -> AgentPool {
+        let binary = try agentBinary()
+        var processes: [Process] = []
+        var records: [String] = []
+        for index in 0..<count {
+            let record = workDirectory.appendingPathComponent("runs-\(index).txt").path
+            let process = Process()
+            process.executableURL = binary
+            var arguments = ["--concurrency", String(concurrency), "--record-runs", record, "--id", "agent-\(index)"]
+            if let grid = urls.grid { arguments += ["--grid", grid] }
+            if let queue = urls.queue { arguments += ["--queue", queue] }
+            if let state = urls.state { arguments += ["--state", state] }
+            if let payload = urls.payload { arguments += ["--payload", payload] }
+            process.arguments = arguments + extraArguments
+            var environment = ProcessInfo.processInfo.environment
+            if environment["HTC_LOG_LEVEL"] == nil { environment["HTC_LOG_LEVEL"] = "warning" }
+            process.environment = environment
+            try process.run()
+            processes.append(process)
+            records.append(record)
+        }
+        return AgentPool(.processes(processes, recordFiles: records))
+    }
+
+    /// Starts `count` agents inside this process.
+    static func inProcess(count: Int, backends: GridBackends, concurrency: Int, logger: Logger) throws -> AgentPool {
+        let runs = RunCounter()
+        let agents = try (0..<count).map { index in
+            try Agent(
+                backends: backends,
+                handler: EchoHandler(),
+                configuration: AgentConfiguration(
+                    id: AgentID("agent-\(index)"),
+                    concurrency: concurrency,
+                    onRunsCompleted: { runs.add($0) }
+                ),
+                logger: logger
+            )
+        }
+        let reaper = Reaper(backends: backends, logger: logger)
+        // The pool owns this task and awaits it in `stop()`.
+        let task = Task {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await withTaskGroup(of: Void.self) { pool in
+                        for agent in agents { pool.addTask { await agent.run() } }
+                    }
+                }
+                group.addTask { await reaper.run() }
+                // The reaper runs until every agent has drained.
+                await group.next()
+                group.cancelAll()
+            }
+        }
+        return AgentPool(.inProcess(agents, runs: runs, task: task))
+    }
+
+    /// The number of agents.
+    var count: Int {
+        switch members {
+        case .processes(let processes, _): processes.count
+        case .inProcess(let agents, _, _): agents.count
+        }
+    }
+
+    /// Stops every agent (SIGTERM for processes, which drain and exit) and returns how many handler runs
+    /// completed per task id.
+    func stop() async throws -> [String: Int] {
+        switch members {
+        case .processes(let processes, let records):
+            for process in processes where process.isRunning { process.terminate() }
+            for process in processes { await waitForExit(process) }
+            var runs: [String: Int] = [:]
+            for file in records {
+                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+                for line in text.split(separator: "\n") { runs[String(line), default: 0] += 1 }
+            }
+            return runs
+        case .inProcess(let agents, let runs, let task):
+            for agent in agents { agent.stop() }
+            await task.value
+            return runs.snapshot()
+        }
+    }
+
+    /// Whether any agent process exited on its own (it crashed or was killed).
+    var exitedEarly: [Int32] {
+        guard case .processes(let processes, _) = members else { return [] }
+        return processes.filter { !$0.isRunning }.map(\.processIdentifier)
+    }
+
+    private func waitForExit(_ process: Process) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                process.waitUntilExit()
+                continuation.resume()
+            }
+        }
+    }
+
+    /// The `htc-agent` binary next to the running executable, or `HTC_AGENT_BIN`.
+    static func agentBinary() throws -> URL {
+        if let path = Environment().string("HTC_AGENT_BIN") { return URL(fileURLWithPath: path) }
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        let candidate = executable.deletingLastPathComponent().appendingPathComponent("htc-agent")
+        guard FileManager.default.isExecutableFile(atPath: candidate.path) else {
+            throw GridError.notFound("htc-agent not found next to \(executable.path); build it (swift build) or set HTC_AGENT_BIN")
+        }
+        return candidate
+    }
+}
+
+/// Counts completed handler runs per task id, for in-process agents.
+final class RunCounter: Sendable {
+    private let counts = Mutex<[String: Int]>([:])
+
+    func add(_ ids: [TaskID]) {
+        counts.withLock { counts in
+            for id in ids { counts[id.rawValue, default: 0] += 1 }
+        }
+    }
+
+    func snapshot() -> [String: Int] { counts.withLock { $0 } }
+}
+

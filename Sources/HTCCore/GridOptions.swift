@@ -1,0 +1,85 @@
+import ArgumentParser
+import Foundation
+import GridKernel
+import GridPlugins
+import Logging
+
+/// Reads `HTC_*` variables; flags take precedence over them, and they over defaults.
+struct Environment: Sendable {
+    var values: [String: String]
+
+    init(_ values: [String: String] = ProcessInfo.processInfo.environment) { self.values = values }
+
+    func string(_ name: String) -> String? {
+        guard let value = values[name], !value.isEmpty else { return nil }
+        return value
+    }
+
+    func int(_ name: String) throws -> Int? {
+        guard let text = string(name) else { return nil }
+        guard let value = Int(text) else { throw GridError.invalidArgument("\(name)=\(text) is not an integer") }
+        return value
+    }
+
+    func seconds(_ name: String) throws -> Double? {
+        guard let text = string(name) else { return nil }
+        guard let value = Double(text), value >= 0 else {
+            throw GridError.invalidArgument("\(name)=\(text) is not a number of seconds")
+        }
+        return value
+    }
+}
+
+/// The backend flags shared by every command: `--grid`, `--queue`, `--state`, `--payload`.
+public struct GridOptions: ParsableArguments, Sendable {
+    @Option(help: "URL setting all three backends, e.g. sqlite:///var/lib/htc/grid.db (env HTC_GRID).")
+    var grid: String?
+
+    @Option(help: "Task queue URL; overrides --grid (env HTC_QUEUE).")
+    var queue: String?
+
+    @Option(help: "State store URL; overrides --grid (env HTC_STATE).")
+    var state: String?
+
+    @Option(help: "Payload store URL, e.g. file:///var/lib/htc/payloads; overrides --grid (env HTC_PAYLOAD).")
+    var payload: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env HTC_LOG_LEVEL).")
+    var logLevel: String?
+
+    public init() {}
+
+    /// The URLs after applying the environment.
+    func urls(_ environment: Environment = Environment()) -> GridURLs {
+        GridURLs(
+            grid: grid ?? environment.string("HTC_GRID"),
+            queue: queue ?? environment.string("HTC_QUEUE"),
+            state: state ?? environment.string("HTC_STATE"),
+            payload: payload ?? environment.string("HTC_PAYLOAD")
+        )
+    }
+
+    func level(_ environment: Environment = Environment(), default fallback: Logger.Level = .info) throws -> Logger.Level {
+        guard let text = logLevel ?? environment.string("HTC_LOG_LEVEL") else { return fallback }
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            throw GridError.invalidArgument("log level '\(text)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        return level
+    }
+
+    /// Builds the backends named by the flags and the environment.
+    func makeBackends(logger: Logger) async throws -> GridBackends {
+        try await BackendRegistry.installed.makeBackends(urls(), context: BackendContext(logger: logger))
+    }
+}
+
+/// Bootstraps logging once per process, to stderr.
+enum LoggingSetup {
+    static func bootstrap(level: Logger.Level) {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}

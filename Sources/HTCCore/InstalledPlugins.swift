@@ -1,0 +1,17 @@
+import GridKernel
+import GridPlugins
+import GridSQLite
+
+/// The backend plugins linked into `htc` and `htc-agent`.
+///
+/// To add a third-party backend, depend on its package in Package.swift (target `HTCCore`) and add
+/// one line here; see docs/plugins.md.
+let installedPlugins: [any GridBackendPlugin] = [
+    InMemoryPlugin(),
+    SQLitePlugin(),
+]
+
+extension BackendRegistry {
+    /// The registry of every installed plugin.
+    public static var installed: BackendRegistry { BackendRegistry(installedPlugins) }
+}

@@ -1,0 +1,205 @@
+import ArgumentParser
+import Foundation
+import GridKernel
+import Logging
+
+/// Shared by the commands that talk to a grid as a client.
+struct ClientOptions: ParsableArguments {
+    @OptionGroup var grid: GridOptions
+    @Flag(help: "Print JSON instead of tables.") var json = false
+
+    func makeClient() async throws -> GridClient {
+        LoggingSetup.bootstrap(level: try grid.level(default: .warning))
+        let logger = Logger(label: "htc.client")
+        return GridClient(backends: try await grid.makeBackends(logger: logger), logger: logger)
+    }
+}
+
+func printJSON<Value: Encodable>(_ value: Value) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    encoder.dateEncodingStrategy = .iso8601
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+func parseSession(_ text: String) throws -> SessionID {
+    do { return try SessionID(text) } catch let error as GridError { throw ValidationError(error.message) }
+}
+
+/// `htc submit FILE.jsonl`: one task per line; the line's bytes are the task's input.
+struct SubmitCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "submit",
+        abstract: "Submit tasks from a file with one input per line (JSON Lines); '-' reads stdin."
+    )
+
+    @OptionGroup var options: ClientOptions
+    @Argument(help: "The file of inputs, one per line.") var file: String
+    @Option(help: "Add to this session instead of creating one.") var session: String?
+    @Option(help: "Priority of a new session; higher runs first.") var priority = 0
+    @Option(help: "Retries before a task fails for good.") var maxRetries = SessionOptions.defaultMaxRetries
+    @Option(help: "Per-task time limit in seconds.") var timeout: Double?
+
+    func run() async throws {
+        let data: Data
+        if file == "-" {
+            data = FileHandle.standardInput.readDataToEndOfFile()
+        } else {
+            guard let contents = FileManager.default.contents(atPath: file) else {
+                throw ValidationError("cannot read \(file)")
+            }
+            data = contents
+        }
+        let inputs = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true).map { Array($0) }
+        let client = try await options.makeClient()
+        let sessionID: SessionID
+        if let session {
+            sessionID = try parseSession(session)
+        } else {
+            let options = SessionOptions(priority: priority, maxRetries: maxRetries, taskTimeout: timeout.map { Duration(timeInterval: $0) })
+            sessionID = try await client.createSession(options).id
+        }
+        let ids = try await client.submit(sessionID, inputs: inputs)
+        if options.json {
+            try printJSON(["session_id": sessionID.rawValue, "task_ids": ids.count.description])
+        } else {
+            print("session \(sessionID): submitted \(ids.count.grouped) tasks (\(ids.first?.rawValue ?? "-") … \(ids.last?.rawValue ?? "-"))")
+        }
+    }
+}
+
+/// `htc status SESSION`: counts per state.
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show a session's tasks per state.")
+
+    @OptionGroup var options: ClientOptions
+    @Argument(help: "The session id.") var session: String
+
+    func run() async throws {
+        let client = try await options.makeClient()
+        let id = try parseSession(session)
+        let record = try await client.session(id)
+        let counts = try await client.counts(id)
+        if options.json {
+            var object: [String: Int] = ["tasks": record.taskCount]
+            for state in TaskState.allCases { object[state.rawValue] = counts[state] }
+            try printJSON(object)
+        } else {
+            print(StatusTable.render(session: record, counts: counts))
+        }
+    }
+}
+
+/// Renders a session's counts as a table.
+enum StatusTable {
+    static func render(session: SessionRecord, counts: StateCounts) -> String {
+        var lines = ["session \(session.id)  priority \(session.options.priority)  max retries \(session.options.maxRetries)" + (session.cancelled ? "  (cancelled)" : "")]
+        lines.append("state        tasks")
+        for state in TaskState.allCases {
+            lines.append(state.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0) + " " + counts[state].grouped)
+        }
+        lines.append("total        " + session.taskCount.grouped)
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// `htc wait SESSION`: waits with a progress bar until every task is terminal.
+struct WaitCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "wait", abstract: "Wait until every task of a session is terminal.")
+
+    @OptionGroup var options: ClientOptions
+    @Argument(help: "The session id.") var session: String
+    @Option(help: "Give up after this many seconds.") var timeout: Double?
+
+    func run() async throws {
+        let client = try await options.makeClient()
+        let id = try parseSession(session)
+        let total = try await client.session(id).taskCount
+        let progress = options.json ? nil : ProgressReporter()
+        let counts = try await client.wait(for: id, expected: total, pollInterval: .milliseconds(200), timeout: timeout.map { Duration(timeInterval: $0) }) {
+            progress?.update($0, total: total)
+        }
+        progress?.finish()
+        if options.json {
+            var object: [String: Int] = [:]
+            for state in TaskState.allCases { object[state.rawValue] = counts[state] }
+            try printJSON(object)
+        }
+        if counts[.failed] > 0 || counts[.cancelled] > 0 { throw ExitCode(2) }
+    }
+}
+
+/// `htc results SESSION`: one page of results.
+struct ResultsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "results",
+        abstract: "List a session's tasks in one state with their outputs (JSON Lines with --json)."
+    )
+
+    struct Line: Encodable {
+        var task_id: String
+        var state: String
+        var retries: Int
+        var output: String?
+        var output_base64: String?
+        var error: String?
+    }
+
+    @OptionGroup var options: ClientOptions
+    @Argument(help: "The session id.") var session: String
+    @Option(help: "finished, failed, cancelled, pending or processing.") var state = "finished"
+    @Option(help: "Start after this cursor (printed at the end of the previous page).") var after: String?
+    @Option(help: "Tasks per page.") var limit = 1000
+    @Flag(help: "Follow the cursor to the end instead of stopping after one page.") var all = false
+
+    func run() async throws {
+        guard let taskState = TaskState(rawValue: state) else {
+            throw ValidationError("--state must be one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let client = try await options.makeClient()
+        let id = try parseSession(session)
+        var cursor = after
+        repeat {
+            let page = try await client.results(id, state: taskState, after: cursor, limit: limit)
+            for result in page.items {
+                let text = result.output.flatMap { String(validating: $0, as: UTF8.self) }
+                let line = Line(
+                    task_id: result.record.id.rawValue,
+                    state: result.record.state.rawValue,
+                    retries: result.record.retries,
+                    output: text,
+                    output_base64: text == nil ? result.output.map { Data($0).base64EncodedString() } : nil,
+                    error: result.record.lastError
+                )
+                if options.json {
+                    try printJSON(line)
+                } else {
+                    let shown = line.output ?? line.output_base64.map { "base64:" + $0 } ?? line.error ?? ""
+                    print("\(line.task_id)\t\(line.state)\t\(String(shown.prefix(100)))")
+                }
+            }
+            cursor = page.next
+            if !all, let next = page.next, !options.json { print("next page: --after \(next)") }
+        } while all && cursor != nil
+    }
+}
+
+/// `htc cancel SESSION`: cancels a session.
+struct CancelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel a session's pending and running tasks.")
+
+    @OptionGroup var options: ClientOptions
+    @Argument(help: "The session id.") var session: String
+
+    func run() async throws {
+        let client = try await options.makeClient()
+        let counts = try await client.cancel(try parseSession(session))
+        if options.json {
+            try printJSON([
+                "cancelled_pending": counts.pending, "cancelled_processing": counts.processing, "total_cancelled_tasks": counts.total,
+            ])
+        } else {
+            print("cancelled \(counts.total.grouped) tasks (\(counts.pending.grouped) pending, \(counts.processing.grouped) running)")
+        }
+    }
+}

@@ -1,0 +1,8 @@
+import HTCCore
+
+@main
+struct HTCAgentMain {
+    static func main() async {
+        await AgentCommand.main()
+    }
+}

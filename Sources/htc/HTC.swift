@@ -1,0 +1,8 @@
+import HTCCore
+
+@main
+struct HTCMain {
+    static func main() async {
+        await HTCCommand.main()
+    }
+}

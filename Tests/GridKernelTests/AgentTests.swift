@@ -1,0 +1,278 @@
+import Foundation
+import GridKernel
+import Synchronization
+import Testing
+
+@Suite struct AgentTests {
+    @Test func runsEveryTaskOnceAndStoresOutputs() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends, configuration: ClientConfiguration(inlinePayloadLimit: 16, submitBatchSize: 64))
+        let session = try await client.createSession()
+        // Half the inputs are small (inline in the message), half large (payload store).
+        let inputs = (0..<300).map { index in Array("task \(index)".utf8) + (index.isMultiple(of: 2) ? [UInt8](repeating: 7, count: 100) : []) }
+        let ids = try await client.submit(session.id, inputs: inputs)
+        #expect(ids.map(\.index) == Array(0..<300))
+
+        let runs = Mutex<[TaskID: Int]>([:])
+        var configuration = fastAgent(concurrency: 16)
+        configuration.inlineOutputLimit = 50
+        configuration.onRunsCompleted = { ids in runs.withLock { for id in ids { $0[id, default: 0] += 1 } } }
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, _ in input.reversed() },
+            configuration: configuration
+        )
+        try await withAgent(agent) {
+            try await waitUntil("all tasks finished") { try await client.counts(session.id)[.finished] == 300 }
+        }
+        var seen = 0
+        var cursor: String?
+        repeat {
+            let page = try await client.results(session.id, state: .finished, after: cursor, limit: 70)
+            for result in page.items {
+                #expect(result.output == inputs[result.record.id.index].reversed())
+                seen += 1
+            }
+            cursor = page.next
+        } while cursor != nil
+        #expect(seen == 300)
+        #expect(runs.withLock { $0.count == 300 && $0.values.allSatisfy { $0 == 1 } })
+        #expect(try await backends.queue.depth().values.reduce(0) { $0 + $1.waiting + $1.inFlight } == 0)
+    }
+
+    @Test func failingHandlerIsRetriedThenFailedWithItsError() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends)
+        let session = try await client.createSession(SessionOptions(maxRetries: 2))
+        let attempts = Mutex<[Int]>([])
+        try await client.submit(session.id, inputs: [[1]])
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { _, context in
+                attempts.withLock { $0.append(context.attempt) }
+                throw ExampleError(text: "boom on attempt \(context.attempt)")
+            },
+            configuration: fastAgent()
+        )
+        try await withAgent(agent) {
+            try await waitUntil("the task failed") { try await client.counts(session.id)[.failed] == 1 }
+        }
+        let record = try await client.task(TaskID(session: session.id, index: 0))
+        #expect(record.state == .failed)
+        #expect(record.retries == 2)
+        #expect(record.lastError == "boom on attempt 3")
+        #expect(attempts.withLock { $0 } == [1, 2, 3])
+    }
+
+    @Test func permanentErrorFailsWithoutRetry() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends)
+        let session = try await client.createSession()
+        try await client.submit(session.id, inputs: [[1]])
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { _, _ in throw TaskHandlerError.permanent("bad input") },
+            configuration: fastAgent()
+        )
+        try await withAgent(agent) {
+            try await waitUntil("the task failed") { try await client.counts(session.id)[.failed] == 1 }
+        }
+        let record = try await client.task(TaskID(session: session.id, index: 0))
+        #expect(record.retries == 0)
+        #expect(record.lastError == "bad input")
+    }
+
+    @Test func cancellingARunningTaskStopsItsHandlerAndDiscardsItsOutput() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends)
+        let session = try await client.createSession()
+        try await client.submit(session.id, inputs: [[1], [2]])
+        let started = Mutex(0)
+        let stopped = Mutex(0)
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, _ in
+                started.withLock { $0 += 1 }
+                do {
+                    try await Task.sleep(for: .seconds(3600))
+                } catch {
+                    stopped.withLock { $0 += 1 }
+                    // A handler that ignores cancellation and returns anyway: its output must be discarded.
+                    return input
+                }
+                return input
+            },
+            configuration: fastAgent()
+        )
+        try await withAgent(agent) {
+            try await waitUntil("both tasks run") { started.withLock { $0 } == 2 }
+            let counts = try await client.cancel(session.id)
+            #expect(counts == CancelCounts(pending: 0, processing: 2))
+            try await waitUntil("the handlers were cancelled") { stopped.withLock { $0 } == 2 }
+            try await waitUntil("the agent let go of the tasks") { agent.ownedCount == 0 }
+        }
+        #expect(try await client.counts(session.id)[.cancelled] == 2)
+        #expect(try await client.counts(session.id)[.finished] == 0)
+        // Their messages were acknowledged: nothing waits or is leased.
+        #expect(try await backends.queue.depth().values.reduce(0) { $0 + $1.waiting + $1.inFlight } == 0)
+    }
+
+    @Test func cancelledPendingTasksNeverRun() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends)
+        let session = try await client.createSession()
+        try await client.submit(session.id, inputs: (0..<50).map { [UInt8($0)] })
+        #expect(try await client.cancel(session.id) == CancelCounts(pending: 50, processing: 0))
+        let ran = Mutex(0)
+        let agent = try Agent(backends: backends, handler: ClosureHandler { input, _ in ran.withLock { $0 += 1 }; return input }, configuration: fastAgent())
+        try await withAgent(agent) {
+            try await waitUntil("the queue is drained") {
+                try await backends.queue.depth().values.reduce(0) { $0 + $1.waiting + $1.inFlight } == 0
+            }
+        }
+        #expect(ran.withLock { $0 } == 0)
+        await #expect(throws: GridError.self) { try await client.submit(session.id, inputs: [[1]]) }
+    }
+
+    @Test func taskLongerThanItsTimeLimitIsStoppedAndFailed() async throws {
+        let clock = ManualClock()
+        let backends = memoryBackends(clock: clock)
+        let client = GridClient(backends: backends, clock: clock)
+        let session = try await client.createSession(SessionOptions(maxRetries: 0, taskTimeout: .seconds(10)))
+        try await client.submit(session.id, inputs: [[1]])
+        let started = Mutex(false)
+        var configuration = fastAgent(concurrency: 1)
+        configuration.heartbeatInterval = .seconds(100)
+        configuration.leaseDuration = .seconds(1000)
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, _ in
+                started.withLock { $0 = true }
+                try await Task.sleep(for: .seconds(3600))
+                return input
+            },
+            configuration: configuration,
+            clock: clock
+        )
+        try await withAgent(agent) {
+            // The idle back-off sleeps on the manual clock too: nudge it until the task starts.
+            try await waitUntil("the task started") {
+                clock.advance(by: .milliseconds(5))
+                return started.withLock { $0 }
+            }
+            try await waitUntil("the time limit is armed") { clock.sleeperCount >= 2 }
+            clock.advance(by: .seconds(11))
+            try await waitUntil("the task failed") { try await client.counts(session.id)[.failed] == 1 }
+        }
+        let record = try await client.task(TaskID(session: session.id, index: 0))
+        #expect(record.lastError?.contains("time limit") == true)
+    }
+
+    @Test func gracefulStopLetsRunningTasksFinish() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends)
+        let session = try await client.createSession()
+        try await client.submit(session.id, inputs: [[9]])
+        let gate = Gate()
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, _ in
+                await gate.wait()
+                return input
+            },
+            configuration: fastAgent()
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await agent.run() }
+            try await waitUntil("the task runs") { agent.ownedCount == 1 }
+            agent.stop()
+            gate.open()
+            try await group.waitForAll()
+        }
+        #expect(try await client.output(TaskID(session: session.id, index: 0)) == [9])
+    }
+
+    @Test func starvationGuardServesLowPriorityWork() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends)
+        let low = try await client.createSession(SessionOptions(priority: 0))
+        let high = try await client.createSession(SessionOptions(priority: 5))
+        try await client.submit(low.id, inputs: [[0]])
+        try await client.submit(high.id, inputs: (0..<40).map { [UInt8($0)] })
+        let order = Mutex<[SessionID]>([])
+        var configuration = fastAgent(concurrency: 1)
+        configuration.starvationGuard = 4
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, context in
+                order.withLock { $0.append(context.id.session) }
+                return input
+            },
+            configuration: configuration
+        )
+        try await withAgent(agent) {
+            try await waitUntil("all tasks finished") {
+                let lowDone = try await client.counts(low.id)[.finished] == 1
+                let highDone = try await client.counts(high.id)[.finished] == 40
+                return lowDone && highDone
+            }
+        }
+        let position = order.withLock { $0.firstIndex(of: low.id) }
+        // Strict priority would run it last (position 40); the guard lets it in by the fourth lease.
+        #expect(position != nil && position! < 4)
+    }
+
+    @Test func withoutTheGuardHigherPriorityRunsFirst() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends)
+        let low = try await client.createSession(SessionOptions(priority: 0))
+        let high = try await client.createSession(SessionOptions(priority: 5))
+        try await client.submit(low.id, inputs: [[0]])
+        try await client.submit(high.id, inputs: (0..<10).map { [UInt8($0)] })
+        let order = Mutex<[SessionID]>([])
+        var configuration = fastAgent(concurrency: 1)
+        configuration.starvationGuard = 0
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, context in
+                order.withLock { $0.append(context.id.session) }
+                return input
+            },
+            configuration: configuration
+        )
+        try await withAgent(agent) {
+            try await waitUntil("all tasks finished") { try await client.counts(low.id)[.finished] == 1 }
+        }
+        #expect(order.withLock { $0.last } == low.id)
+    }
+}
+
+struct ExampleError: Error, CustomStringConvertible {
+    let text: String
+    var description: String { text }
+}
+
+/// A one-shot gate a handler can wait on.
+final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let resume = state.withLock { state -> Bool in
+                if state.open { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if resume { continuation.resume() }
+        }
+    }
+
+    func open() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.open = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}

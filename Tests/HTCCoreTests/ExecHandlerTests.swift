@@ -1,0 +1,73 @@
+import Foundation
+import GridKernel
+import Logging
+import Testing
+
+@testable import HTCCore
+
+@Suite struct ExecHandlerTests {
+    private func context(_ index: Int = 0) throws -> TaskContext {
+        TaskContext(id: TaskID(session: try SessionID("s1"), index: index), attempt: 1, timeout: nil, logger: Logger(label: "test"))
+    }
+
+    @Test func inputOnStdinOutputFromStdout() async throws {
+        let handler = try ExecHandler(command: "tr a-z A-Z")
+        let output = try await handler.run(input: Array("hello grid".utf8), context: context())
+        #expect(String(decoding: output, as: UTF8.self) == "HELLO GRID")
+    }
+
+    @Test func largeInputAndOutputDoNotDeadlock() async throws {
+        let input = [UInt8](repeating: UInt8(ascii: "x"), count: 4 << 20)
+        let output = try await ExecHandler(command: "cat").run(input: input, context: context())
+        #expect(output == input)
+    }
+
+    @Test func taskIdentityIsInTheEnvironment() async throws {
+        let output = try await ExecHandler(command: "printf '%s' \"$HTC_TASK_ID\"").run(input: [], context: context(7))
+        #expect(String(decoding: output, as: UTF8.self) == "s1_7")
+    }
+
+    @Test func nonZeroExitFailsWithTheTailOfStderr() async throws {
+        let handler = try ExecHandler(command: "echo progress; echo 'model diverged' >&2; exit 3")
+        do {
+            _ = try await handler.run(input: [], context: context())
+            Issue.record("a failing command must throw")
+        } catch let failure as ExecFailure {
+            #expect(failure.message == "command exited with status 3: model diverged")
+        }
+    }
+
+    @Test func cancellationKillsTheProcessGroup() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("exec-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let pidFile = directory.appendingPathComponent("pid").path
+        // The shell starts a grandchild; cancellation must reach it too.
+        let handler = try ExecHandler(command: "sleep 300 & echo $! > \(pidFile); wait", killGrace: .milliseconds(200))
+        let context = try context()
+        let run = Task { try await handler.run(input: [], context: context) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while (try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty ?? true {
+            #expect(ContinuousClock.now < deadline)
+            if ContinuousClock.now >= deadline { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let pid = pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
+        let started = ContinuousClock.now
+        run.cancel()
+        await #expect(throws: CancellationError.self) { try await run.value }
+        #expect(ContinuousClock.now - started < .seconds(5))
+        // The grandchild is gone (or a zombie about to be reaped by init).
+        var gone = false
+        while ContinuousClock.now < deadline {
+            let state = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?.split(separator: " ").dropFirst(2).first
+            if state == nil || state == "Z" { gone = true; break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(gone)
+    }
+
+    @Test func emptyCommandIsRejected() {
+        #expect(throws: GridError.self) { try ExecHandler(command: "  ") }
+    }
+}
