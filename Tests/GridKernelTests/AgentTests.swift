@@ -192,6 +192,46 @@ import Testing
         #expect(try await client.output(TaskID(session: session.id, index: 0)) == [9])
     }
 
+    @Test func drainTimeoutHandsBackTasksThatDoNotFinish() async throws {
+        let clock = ManualClock()
+        let backends = memoryBackends(clock: clock)
+        let client = GridClient(backends: backends, clock: clock)
+        let session = try await client.createSession()
+        let id = try await client.submit(session.id, inputs: [[5]])[0]
+        var configuration = fastAgent(concurrency: 1)
+        configuration.heartbeatInterval = .seconds(100)
+        configuration.leaseDuration = .seconds(1000)
+        configuration.drainTimeout = .seconds(30)
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, _ in
+                try await Task.sleep(for: .seconds(3600))
+                return input
+            },
+            configuration: configuration,
+            clock: clock
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await agent.run() }
+            try await waitUntil("the task runs") {
+                clock.advance(by: .milliseconds(5))
+                return agent.ownedCount == 1
+            }
+            agent.stop()
+            // The heartbeat loop and the drain timer sleep on the clock.
+            try await waitUntil("the drain timer is armed") { clock.sleeperCount == 2 }
+            clock.advance(by: .seconds(29))
+            #expect(agent.ownedCount == 1, "the task keeps running within the drain timeout")
+            clock.advance(by: .seconds(2))
+            try await group.waitForAll()
+        }
+        let record = try await client.task(id)
+        #expect(record.state == .pending)
+        #expect(record.retries == 1)
+        #expect(record.lastError?.contains("stopped before the task finished") == true)
+        #expect(try await backends.queue.depth()[0]?.waiting == 1, "its message is back in the queue")
+    }
+
     @Test func starvationGuardServesLowPriorityWork() async throws {
         let backends = memoryBackends()
         let client = GridClient(backends: backends)

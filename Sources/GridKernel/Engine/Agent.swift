@@ -135,11 +135,15 @@ public final class Agent: Sendable {
     }
 
     /// Waits until a slot is free; returns how many, or `nil` once stopping.
+    ///
+    /// It waits for a quarter of the slots (or of a lease batch) to be free, so that leases, claims and
+    /// finishes stay batched under load instead of degenerating into one task per call.
     private func waitForFreeSlots() async -> Int? {
+        let refill = max(1, min(configuration.concurrency, configuration.leaseBatchSize) / 4)
         while true {
             let (stopping, free) = state.withLock { ($0.stopping, configuration.concurrency - $0.active) }
             if stopping || Task.isCancelled { return nil }
-            if free > 0 { return free }
+            if free >= refill { return free }
             await wake.wait()
         }
     }
@@ -243,6 +247,8 @@ public final class Agent: Sendable {
                 return .failure(error.message, retryable: true)
             case .failure(let error as TaskHandlerError):
                 return .failure(error.description, retryable: false)
+            case .failure(is CancellationError) where state.stopping:
+                return .failure("agent \(configuration.id) stopped before the task finished (drain timeout \(configuration.drainTimeout))", retryable: true)
             case .failure(let error):
                 return .failure(String(describing: error), retryable: true)
             }
