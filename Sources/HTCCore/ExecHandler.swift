@@ -89,11 +89,28 @@ final class ChildProcess: Sendable {
         self.stderr = stderr
     }
 
+    /// Serialises pipe creation and spawning, so that no child is spawned between the creation of
+    /// another child's pipes and the moment they are marked close-on-exec.
+    private static let spawnLock = Mutex(())
+
     static func spawn(_ arguments: [String], environment extra: [String: String]) throws -> ChildProcess {
+        try spawnLock.withLock { _ in try spawnLocked(arguments, environment: extra) }
+    }
+
+    /// Creates a pipe whose two ends are close-on-exec (Glibc's `pipe2` is not visible to Swift).
+    private static func makePipe(_ fds: inout [Int32]) -> Bool {
+        guard pipe(&fds) == 0 else { return false }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        return true
+    }
+
+    private static func spawnLocked(_ arguments: [String], environment extra: [String: String]) throws -> ChildProcess {
         var input: [Int32] = [0, 0]
         var output: [Int32] = [0, 0]
         var errors: [Int32] = [0, 0]
-        guard pipe(&input) == 0, pipe(&output) == 0, pipe(&errors) == 0 else {
+        // Close-on-exec, so that a child spawned concurrently for another task does not inherit (and
+        // hold open) this child's pipes; dup2 onto 0, 1 and 2 clears the flag for this child only.
+        guard makePipe(&input), makePipe(&output), makePipe(&errors) else {
             throw GridError(.unavailable, "cannot create pipes for the task's process: \(String(cString: strerror(errno)))")
         }
         var actions = posix_spawn_file_actions_t()
@@ -102,7 +119,6 @@ final class ChildProcess: Sendable {
         posix_spawn_file_actions_adddup2(&actions, input[0], 0)
         posix_spawn_file_actions_adddup2(&actions, output[1], 1)
         posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
-        for fd in input + output + errors { posix_spawn_file_actions_addclose(&actions, fd) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

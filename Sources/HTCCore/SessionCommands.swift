@@ -147,14 +147,14 @@ struct ResultsCommand: AsyncParsableCommand {
 
     @OptionGroup var options: ClientOptions
     @Argument(help: "The session id.") var session: String
-    @Option(help: "finished, failed, cancelled, pending or processing.") var state = "finished"
+    @Option(help: "Which tasks: finished, failed, cancelled, pending or processing.") var taskState = "finished"
     @Option(help: "Start after this cursor (printed at the end of the previous page).") var after: String?
     @Option(help: "Tasks per page.") var limit = 1000
     @Flag(help: "Follow the cursor to the end instead of stopping after one page.") var all = false
 
     func run() async throws {
-        guard let taskState = TaskState(rawValue: state) else {
-            throw ValidationError("--state must be one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))")
+        guard let taskState = TaskState(rawValue: self.taskState) else {
+            throw ValidationError("--task-state must be one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         let client = try await options.makeClient()
         let id = try parseSession(session)

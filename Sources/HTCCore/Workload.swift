@@ -154,7 +154,7 @@ struct Workload: Sendable {
         }
         let submitSeconds = (ContinuousClock.now - started).timeInterval
 
-        let counts = try await client.wait(for: session.id, expected: tasks, pollInterval: .milliseconds(20), timeout: timeout) { counts in
+        let counts = try await client.wait(for: session.id, expected: tasks, pollInterval: .milliseconds(50), timeout: timeout) { counts in
             progress?.update(counts, total: tasks)
         }
 

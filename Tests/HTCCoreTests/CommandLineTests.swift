@@ -106,3 +106,17 @@ import Testing
         #expect((object?["latency_ms"] as? [String: Any])?["p99"] as? Double == 640.25)
     }
 }
+
+@Suite struct CommandDefinitionTests {
+    @Test(arguments: [
+        ["demo"], ["bench", "--backend", "memory"], ["submit", "tasks.jsonl"], ["status", "s1"], ["wait", "s1"],
+        ["results", "s1", "--task-state", "failed"], ["cancel", "s1"],
+    ])
+    func everySubcommandParses(_ arguments: [String]) throws {
+        _ = try HTCCommand.parseAsRoot(arguments + ["--grid", "memory://x"].filter { _ in arguments[0] != "demo" })
+    }
+
+    @Test func agentParses() throws {
+        _ = try AgentCommand.parse(["--grid", "sqlite:///tmp/g.db", "--exec", "cat", "--concurrency", "2"])
+    }
+}

@@ -1,6 +1,7 @@
 import Foundation
 import GridKernel
 import Logging
+import Synchronization
 import Testing
 
 @testable import HTCCore
@@ -67,7 +68,36 @@ import Testing
         #expect(gone)
     }
 
+    @Test func concurrentChildrenDoNotHoldEachOthersPipes() async throws {
+        let gate = try ExecHandler(command: "x=$(cat); if [ \"$x\" = slow ]; then sleep 30; fi; printf '%s' \"$x\"")
+        let context = try context()
+        let slowFinished = Flag()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                _ = try await gate.run(input: Array("slow".utf8), context: context)
+                slowFinished.set()
+            }
+            // Children spawned while the slow one runs must see their own end of output at once, not
+            // when the slow sibling exits.
+            try await Task.sleep(for: .milliseconds(100))
+            for index in 0..<8 {
+                let output = try await gate.run(input: Array("quick \(index)".utf8), context: context)
+                #expect(String(decoding: output, as: UTF8.self) == "quick \(index)")
+            }
+            #expect(!slowFinished.isSet, "quick tasks finished only after the slow one: pipes were inherited")
+            group.cancelAll()
+            try? await group.waitForAll()
+        }
+    }
+
     @Test func emptyCommandIsRejected() {
         #expect(throws: GridError.self) { try ExecHandler(command: "  ") }
     }
+}
+
+/// A flag shared between tasks.
+final class Flag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }
