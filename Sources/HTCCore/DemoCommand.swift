@@ -14,7 +14,7 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Number of tasks.") var tasks = 100_000
     @Option(help: "Number of agent processes.") var agents = 2
     @Option(help: "Input size of each task in bytes.") var payloadBytes = 64
-    @Option(help: "Tasks each agent runs at once.") var concurrency = 256
+    @Option(help: "Tasks each agent runs at once.") var concurrency = 1024
 
     func run() async throws {
         LoggingSetup.bootstrap(level: .warning)
@@ -50,7 +50,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Number of tasks.") var tasks = 20_000
     @Option(help: "Number of agents.") var agents = 2
     @Option(help: "Input size of each task in bytes.") var payloadBytes = 64
-    @Option(help: "Tasks each agent runs at once.") var concurrency = 256
+    @Option(help: "Tasks each agent runs at once.") var concurrency = 1024
     @Option(help: "Give up after this many seconds.") var timeout: Double = 600
     @Flag(help: "Print one JSON line instead of text.") var json = false
 
