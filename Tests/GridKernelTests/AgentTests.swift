@@ -232,6 +232,49 @@ import Testing
         #expect(try await backends.queue.depth()[0]?.waiting == 1, "its message is back in the queue")
     }
 
+    @Test func heartbeatsKeepALongTaskOwnedAndItsMessageHidden() async throws {
+        let clock = ManualClock()
+        let backends = memoryBackends(clock: clock)
+        let client = GridClient(backends: backends, clock: clock)
+        let session = try await client.createSession()
+        let id = try await client.submit(session.id, inputs: [[3]])[0]
+        var configuration = fastAgent(concurrency: 1)
+        configuration.leaseDuration = .seconds(10)
+        configuration.heartbeatInterval = .seconds(2)
+        let gate = Gate()
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, _ in
+                await gate.wait()
+                return input
+            },
+            configuration: configuration,
+            clock: clock
+        )
+        let reaper = Reaper(backends: backends, clock: clock)
+        try await withAgent(agent) {
+            try await waitUntil("the task runs") {
+                clock.advance(by: .milliseconds(5))
+                return agent.ownedCount == 1
+            }
+            // Six lease durations pass, one heartbeat interval at a time.
+            for _ in 0..<30 {
+                let before = try await client.task(id).leaseExpiry
+                clock.advance(by: .seconds(2))
+                try await waitUntil("the heartbeat renewed the lease") {
+                    try await client.task(id).leaseExpiry != before
+                }
+                #expect(try await reaper.runOnce() == ReaperReport())
+                #expect(try await backends.queue.lease(max: 1, duration: .seconds(1), order: .highestFirst, wait: .zero).isEmpty)
+            }
+            gate.open()
+            try await waitUntil("the task finished") { try await client.task(id).state == .finished }
+        }
+        let record = try await client.task(id)
+        #expect(record.retries == 0)
+        #expect(try await client.output(id) == [3])
+    }
+
     @Test func starvationGuardServesLowPriorityWork() async throws {
         let backends = memoryBackends()
         let client = GridClient(backends: backends)
