@@ -42,7 +42,7 @@ import Testing
         try await client.submit(session.id, inputs: inputs)
 
         // Kill the victim while it owns running tasks, a quarter of the way through.
-        try await waitUntil(timeout: .seconds(120), "a quarter of the tasks finished and agent-0 owns some") {
+        try await waitUntil(timeout: .seconds(300), "a quarter of the tasks finished and agent-0 owns some") {
             guard try await client.counts(session.id)[.finished] >= total / 4 else { return false }
             let processing = try await backends.state.tasks(session.id, state: .processing, after: nil, limit: 1_000)
             return processing.items.contains { $0.owner == AgentID("agent-0") }

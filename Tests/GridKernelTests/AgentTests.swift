@@ -257,13 +257,16 @@ import Testing
                 clock.advance(by: .milliseconds(5))
                 return agent.ownedCount == 1
             }
-            // Six lease durations pass, one heartbeat interval at a time.
+            // Six lease durations pass, one heartbeat interval at a time. Before each step the heartbeat
+            // loop must be asleep again (its renewal of both leases complete): it is then the only sleeper.
             for _ in 0..<30 {
+                try await waitUntil("the heartbeat loop sleeps") { clock.sleeperCount == 1 }
                 let before = try await client.task(id).leaseExpiry
                 clock.advance(by: .seconds(2))
                 try await waitUntil("the heartbeat renewed the lease") {
                     try await client.task(id).leaseExpiry != before
                 }
+                try await waitUntil("the heartbeat loop sleeps again") { clock.sleeperCount == 1 }
                 #expect(try await reaper.runOnce() == ReaperReport())
                 #expect(try await backends.queue.lease(max: 1, duration: .seconds(1), order: .highestFirst, wait: .zero).isEmpty)
             }
@@ -335,26 +338,41 @@ struct ExampleError: Error, CustomStringConvertible {
     var description: String { text }
 }
 
-/// A one-shot gate a handler can wait on.
+/// A one-shot gate a handler can wait on; a cancelled waiter is let through, so a failing test ends
+/// instead of hanging.
 final class Gate: Sendable {
-    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    private struct State {
+        var open = false
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var next: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
 
     func wait() async {
-        await withCheckedContinuation { continuation in
-            let resume = state.withLock { state -> Bool in
-                if state.open { return true }
-                state.waiters.append(continuation)
-                return false
+        let id = state.withLock { state -> UInt64 in
+            state.next += 1
+            return state.next
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let resume = state.withLock { state -> Bool in
+                    if state.open || Task.isCancelled { return true }
+                    state.waiters[id] = continuation
+                    return false
+                }
+                if resume { continuation.resume() }
             }
-            if resume { continuation.resume() }
+        } onCancel: {
+            state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
         }
     }
 
     func open() {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.open = true
-            defer { state.waiters = [] }
-            return state.waiters
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
         }
         for waiter in waiters { waiter.resume() }
     }
