@@ -15,8 +15,9 @@ import Darwin
 /// when the task is cancelled (cancel, lost lease, time limit, agent stop) the whole group gets
 /// SIGTERM and, after ``killGrace``, SIGKILL.
 ///
-/// Blocking calls (`waitpid`, pipe reads and writes) run on Dispatch threads, never on the cooperative
-/// pool.
+/// Blocking calls (`waitpid`, pipe reads and writes) run on threads of their own, never on the
+/// cooperative pool and not on Dispatch's pool either: Dispatch caps its threads, and with many children
+/// the readers could take every thread while the writers that would let the children finish wait.
 public struct ExecHandler: TaskHandler {
     /// The shell command line.
     public let command: String
@@ -80,7 +81,14 @@ final class ChildProcess: Sendable {
     let stdout: Int32
     let stderr: Int32
     private let reaped = Atomic<Bool>(false)
-    private static let io = DispatchQueue(label: "htc.exec.io", attributes: .concurrent)
+    private static let timers = DispatchQueue(label: "htc.exec.kill-timer")
+
+    /// Runs a blocking call on a thread of its own.
+    private static func blocking(_ body: @escaping @Sendable () -> Void) {
+        let thread = Thread(block: body)
+        thread.stackSize = 256 * 1024
+        thread.start()
+    }
 
     private init(pid: pid_t, stdin: Int32, stdout: Int32, stderr: Int32) {
         self.pid = pid
@@ -156,7 +164,7 @@ final class ChildProcess: Sendable {
     /// Writes all of `bytes` to stdin and closes it; a child that exits without reading is fine.
     func writeStdin(_ bytes: [UInt8]) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            Self.io.async {
+            Self.blocking {
                 bytes.withUnsafeBytes { buffer in
                     var offset = 0
                     while offset < buffer.count {
@@ -177,7 +185,7 @@ final class ChildProcess: Sendable {
     /// Reads a pipe to its end and closes it.
     func readAll(_ fd: Int32) async -> [UInt8] {
         await withCheckedContinuation { (continuation: CheckedContinuation<[UInt8], Never>) in
-            Self.io.async {
+            Self.blocking {
                 var collected: [UInt8] = []
                 var chunk = [UInt8](repeating: 0, count: 64 * 1024)
                 while true {
@@ -199,7 +207,7 @@ final class ChildProcess: Sendable {
     /// Waits for the child to exit: its exit status, or minus the signal that killed it.
     func wait() async -> Int32 {
         await withCheckedContinuation { (continuation: CheckedContinuation<Int32, Never>) in
-            Self.io.async {
+            Self.blocking {
                 var status: Int32 = 0
                 while waitpid(self.pid, &status, 0) < 0 && errno == EINTR {}
                 self.reaped.store(true, ordering: .releasing)
@@ -213,7 +221,7 @@ final class ChildProcess: Sendable {
     func terminate(grace: Duration) {
         let group = -pid
         kill(group, SIGTERM)
-        Self.io.asyncAfter(deadline: .now() + grace.timeInterval) {
+        Self.timers.asyncAfter(deadline: .now() + grace.timeInterval) {
             // Once the child is reaped its group id may be reused; leave it alone then.
             if !self.reaped.load(ordering: .acquiring) { kill(group, SIGKILL) }
         }
