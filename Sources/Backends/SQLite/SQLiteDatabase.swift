@@ -68,9 +68,21 @@ public final class SQLiteDatabase: Sendable {
                     // The batch lists that statements materialise stay in memory.
                     try db.execute(sql: "PRAGMA temp_store = MEMORY")
                 }
-                let pool = try DatabasePool(path: path, configuration: configuration)
-                try SQLiteSchema.migrate(pool)
-                return pool
+                // Switching a new file to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY at
+                // once, without its busy handler, while another process holds it (several agents
+                // starting together on a new file): retry for up to the busy timeout.
+                let deadline = ContinuousClock.now + busyTimeout
+                var pause = Duration.milliseconds(5)
+                while true {
+                    do {
+                        let pool = try DatabasePool(path: path, configuration: configuration)
+                        try SQLiteSchema.migrate(pool)
+                        return pool
+                    } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && ContinuousClock.now < deadline {
+                        Thread.sleep(forTimeInterval: pause.timeInterval)
+                        pause = min(pause * 2, .milliseconds(200))
+                    }
+                }
             } catch {
                 throw mapError(error, path: path, operation: "open")
             }
