@@ -17,10 +17,15 @@ release: deps
 demo: release
 	$(RELEASE_BIN)/htc demo $(DEMO_ARGS)
 
-## Builds everything in debug and release and runs every test, unit and integration.
+## Builds everything in debug and release and runs every test, unit and integration; the Redis
+## suites run against a throw-away redis-server (scripts/with-redis.sh).
 test: deps
 	$(SWIFT) build --build-tests
-	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make $(SWIFT) test --skip-build
+	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh \
+		$(SWIFT) test --skip-build --skip GridIntegrationTests
+	# Whole-grid tests start agent processes and servers of their own: one at a time.
+	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh \
+		$(SWIFT) test --skip-build --filter GridIntegrationTests --no-parallel
 	$(SWIFT) build -c release
 
 ## The acceptance benchmark: 20,000 tasks, 2 agents, 64-byte payloads, on SQLite.

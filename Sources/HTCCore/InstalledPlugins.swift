@@ -1,5 +1,6 @@
 import GridKernel
 import GridPlugins
+import GridRedis
 import GridSQLite
 
 /// The backend plugins linked into `htc` and `htc-agent`.
@@ -9,6 +10,7 @@ import GridSQLite
 let installedPlugins: [any GridBackendPlugin] = [
     InMemoryPlugin(),
     SQLitePlugin(),
+    RedisPlugin(),
 ]
 
 extension BackendRegistry {

@@ -1,0 +1,419 @@
+import Foundation
+import GridKernel
+
+/// A ``StateStore`` on Redis.
+///
+/// Each task is a hash `prefix:{session}:t:<index>`; a session's tasks are also indexed per state in
+/// sorted sets scored by index (counts are `ZCARD`, pages are `ZRANGEBYSCORE`), and processing tasks
+/// in a sorted set scored by lease expiry, so expired leases are found without a scan. All keys of a
+/// session share the hash tag `{session}`. Every transition is a Lua script, one call per session per
+/// batch, the calls of a batch pipelined in one write (see ``RedisScripts``).
+///
+/// Cursors: sessions page with the last session id, tasks with the last task index (``IntegerCursor``).
+public struct RedisStateStore: StateStore {
+    private let client: RedisClient
+    private let prefix: String
+    private static let backend = "redis"
+
+    /// Creates a store under the client's key prefix.
+    public init(client: RedisClient) {
+        self.client = client
+        self.prefix = client.settings.prefix
+    }
+
+    // MARK: Sessions
+
+    /// Creates a session.
+    ///
+    /// - Throws: ``GridError/Code/conflict`` if it exists; ``GridError/Code/unavailable``.
+    public func createSession(_ session: SessionRecord) async throws {
+        let options = try JSONEncoder().encode(session.options)
+        let fields: [[UInt8]] = [
+            Array("options".utf8), Array(options), Array("created".utf8), RedisKeys.bytes(session.createdAt),
+            Array("count".utf8), RedisKeys.bytes(session.taskCount), Array("cancelled".utf8), Array((session.cancelled ? "1" : "0").utf8),
+        ]
+        let reply = try await client.run([RedisScriptCall(script: RedisScripts.createSession, keys: [base(session.id)], arguments: fields)])[0]
+        guard reply.int == 1 else {
+            throw GridError(.conflict, "session '\(session.id)' already exists", backend: Self.backend)
+        }
+        _ = try await client.send([RedisCommand("ZADD", RedisKeys.sessions(prefix: prefix), "0", session.id.rawValue)], idempotent: true)[0].checked()
+    }
+
+    /// Reads a session.
+    ///
+    /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.
+    public func session(_ id: SessionID) async throws -> SessionRecord {
+        let reply = try await client.send([RedisCommand("HGETALL", base(id) + ":info")], idempotent: true)[0].checked()
+        guard let record = try Self.session(id, reply) else {
+            throw GridError.notFound("session '\(id)' does not exist", backend: Self.backend)
+        }
+        return record
+    }
+
+    /// Lists sessions in id order.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a malformed cursor or a `limit` below 1;
+    ///   ``GridError/Code/unavailable``.
+    public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
+        try Self.check(limit: limit)
+        var start = "-"
+        if let cursor {
+            guard let id = try? SessionID(cursor) else {
+                throw GridError.invalidArgument("cursor '\(cursor)' is malformed; pass the 'next' value of the previous page", backend: Self.backend)
+            }
+            start = "(" + id.rawValue
+        }
+        let listed = try await client.send([
+            RedisCommand("ZRANGEBYLEX", RedisKeys.sessions(prefix: prefix), start, "+", "LIMIT", "0", String(limit + 1))
+        ], idempotent: true)[0].checked().elements.compactMap { $0.string }.compactMap { try? SessionID($0) }
+        let ids = Array(listed.prefix(limit))
+        let replies = try await client.send(ids.map { RedisCommand("HGETALL", base($0) + ":info") }, idempotent: true)
+        var items: [SessionRecord] = []
+        for (id, reply) in zip(ids, replies) {
+            if let record = try Self.session(id, try reply.checked()) { items.append(record) }
+        }
+        return Page(items: items, next: listed.count > limit ? ids.last?.rawValue : nil)
+    }
+
+    /// Reserves consecutive task indices.
+    ///
+    /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/conflict`` for a cancelled session;
+    ///   ``GridError/Code/invalidArgument`` for a negative count; ``GridError/Code/unavailable``.
+    public func reserveTaskIndices(_ session: SessionID, count: Int) async throws -> Range<Int> {
+        guard count >= 0 else {
+            throw GridError.invalidArgument("count is \(count); it must not be negative", backend: Self.backend)
+        }
+        let reply = try await client.run([
+            RedisScriptCall(script: RedisScripts.reserve, keys: [base(session)], arguments: [RedisKeys.bytes(count)])
+        ])[0]
+        switch reply.int {
+        case -1: throw GridError.notFound("session '\(session)' does not exist", backend: Self.backend)
+        case -2: throw GridError(.conflict, "session '\(session)' was cancelled; it takes no more tasks", backend: Self.backend)
+        case let end?: return (end - count)..<end
+        case nil: throw GridError(.internalError, "reserving indices returned \(reply)", backend: Self.backend)
+        }
+    }
+
+    /// Marks the session cancelled and cancels its pending and processing tasks.
+    ///
+    /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.
+    public func cancelSession(_ id: SessionID, at: Date) async throws -> CancelCounts {
+        let reply = try await client.run([
+            RedisScriptCall(script: RedisScripts.cancelSession, keys: [base(id)], arguments: [RedisKeys.bytes(at)])
+        ])[0].elements.map { $0.int ?? 0 }
+        guard reply.count == 2 else { throw GridError.notFound("session '\(id)' does not exist", backend: Self.backend) }
+        return CancelCounts(pending: reply[0], processing: reply[1])
+    }
+
+    // MARK: Tasks
+
+    /// Creates the tasks that do not exist yet, 1,000 per script call, pipelined.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func createTasks(_ tasks: [TaskRecord]) async throws {
+        let calls = chunked(tasks, by: \.id) { records in
+            var arguments: [[UInt8]] = []
+            for record in records {
+                let fields = Self.fields(record)
+                arguments.append(RedisKeys.bytes(record.id.index))
+                arguments.append(Array(record.state.rawValue.utf8))
+                arguments.append(record.state == .processing ? record.leaseExpiry.map(RedisKeys.bytes) ?? [] : [])
+                arguments.append(RedisKeys.bytes(fields.count))
+                arguments += fields
+            }
+            return (RedisScripts.createTasks, arguments)
+        }
+        _ = try await run(calls, idempotent: true)
+    }
+
+    /// Claims the pending, unowned tasks.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
+        let token = Array(String(UInt64.random(in: 0...UInt64.max), radix: 36).utf8)
+        let head = [Array(owner.rawValue.utf8), RedisKeys.bytes(leaseExpiry), RedisKeys.bytes(now), token]
+        let calls = chunked(ids, by: \.self) { (RedisScripts.claim, head + $0.map { RedisKeys.bytes($0.index) }) }
+        return try await records(calls, idempotent: true)
+    }
+
+    /// Moves the lease expiry of the tasks `owner` still runs.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
+        let head = [Array(owner.rawValue.utf8), RedisKeys.bytes(leaseExpiry)]
+        let calls = chunked(ids, by: \.self) { (RedisScripts.heartbeat, head + $0.map { RedisKeys.bytes($0.index) }) }
+        return try await indices(calls, idempotent: true)
+    }
+
+    /// Finishes the tasks `owner` still runs.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
+        let head = [Array(owner.rawValue.utf8), RedisKeys.bytes(at)]
+        let calls = chunked(completions, by: \.id) { items in
+            var arguments = head
+            for item in items {
+                arguments.append(RedisKeys.bytes(item.id.index))
+                arguments.append(item.output == nil ? [UInt8(ascii: "0")] : [UInt8(ascii: "1")])
+                arguments.append(item.output ?? [])
+            }
+            return (RedisScripts.finish, arguments)
+        }
+        return try await indices(calls)
+    }
+
+    /// Records failed runs of the tasks `owner` still runs, by the retry rule.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
+        let head = [Array(owner.rawValue.utf8), RedisKeys.bytes(at)]
+        let calls = chunked(failures, by: \.id) { items in
+            var arguments = head
+            for item in items {
+                arguments.append(RedisKeys.bytes(item.id.index))
+                arguments.append(Array(item.message.utf8))
+                arguments.append(item.retryable ? [UInt8(ascii: "1")] : [UInt8(ascii: "0")])
+            }
+            return (RedisScripts.fail, arguments)
+        }
+        return try await states(calls)
+    }
+
+    /// Reaps the tasks whose lease expired before `now`.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState] {
+        let calls = chunked(ids, by: \.self) { (RedisScripts.expire, [RedisKeys.bytes(now)] + $0.map { RedisKeys.bytes($0.index) }) }
+        return try await states(calls)
+    }
+
+    /// Fails the tasks that are not terminal.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID> {
+        let calls = chunked(failures, by: \.id) { items in
+            var arguments = [RedisKeys.bytes(at)]
+            for item in items {
+                arguments.append(RedisKeys.bytes(item.id.index))
+                arguments.append(Array(item.message.utf8))
+            }
+            return (RedisScripts.forceFail, arguments)
+        }
+        return try await indices(calls)
+    }
+
+    /// Cancels the tasks that are not terminal.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
+        let calls = chunked(ids, by: \.self) { (RedisScripts.cancel, [RedisKeys.bytes(at)] + $0.map { RedisKeys.bytes($0.index) }) }
+        var counts = CancelCounts()
+        for (_, reply) in try await run(calls) {
+            let values = reply.elements.map { $0.int ?? 0 }
+            guard values.count == 2 else { continue }
+            counts.pending += values[0]
+            counts.processing += values[1]
+        }
+        return counts
+    }
+
+    /// Reads one task.
+    ///
+    /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.
+    public func task(_ id: TaskID) async throws -> TaskRecord {
+        let reply = try await client.send([RedisCommand("HGETALL", base(id.session) + ":t:\(id.index)")], idempotent: true)[0].checked()
+        guard let record = try Self.record(id, reply) else {
+            throw GridError.notFound("task '\(id)' does not exist", backend: Self.backend)
+        }
+        return record
+    }
+
+    /// Counts a session's tasks by state (five `ZCARD`s in one round trip).
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func counts(_ session: SessionID) async throws -> StateCounts {
+        let key = base(session)
+        let replies = try await client.send(TaskState.allCases.map { RedisCommand("ZCARD", key + ":state:" + $0.rawValue) }, idempotent: true)
+        var counts = StateCounts()
+        for (state, reply) in zip(TaskState.allCases, replies) {
+            if let count = try reply.checked().int, count > 0 { counts[state] = count }
+        }
+        return counts
+    }
+
+    /// Pages through a session's tasks in one state, in index order.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a malformed cursor or a `limit` below 1;
+    ///   ``GridError/Code/unavailable``.
+    public func tasks(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskRecord> {
+        try Self.check(limit: limit)
+        let after: Int?
+        do {
+            after = try IntegerCursor.parse(cursor)
+        } catch var error as GridError {
+            error.backend = Self.backend
+            throw error
+        }
+        let arguments = [Array(state.rawValue.utf8), Array((after.map { "(\($0)" } ?? "-inf").utf8), RedisKeys.bytes(limit + 1)]
+        let reply = try await client.run([RedisScriptCall(script: RedisScripts.page, keys: [base(session)], arguments: arguments)], idempotent: true)[0]
+        let found = try Self.records(session, reply)
+        let items = Array(found.prefix(limit))
+        return Page(items: items, next: found.count > limit ? items.last.map { IntegerCursor.make($0.id.index) } : nil)
+    }
+
+    /// Finds up to `limit` processing tasks whose lease expired before `now`, earliest first.
+    ///
+    /// Looks in every session's lease set, one script call per session, pipelined: the cost grows with
+    /// the number of sessions kept, not with the number of tasks.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
+        guard limit > 0 else { return [] }
+        let ids = try await client.send([RedisCommand("ZRANGE", RedisKeys.sessions(prefix: prefix), "0", "-1")], idempotent: true)[0]
+            .checked().elements.compactMap { $0.string }.compactMap { try? SessionID($0) }
+        let arguments = [RedisKeys.bytes(now), RedisKeys.bytes(limit)]
+        let calls = ids.map { RedisScriptCall(script: RedisScripts.expired, keys: [base($0)], arguments: arguments) }
+        var found: [TaskRecord] = []
+        for (session, reply) in zip(ids, try await client.run(calls, idempotent: true)) {
+            found += try Self.records(session, reply)
+        }
+        found.sort { ($0.leaseExpiry ?? .distantPast, $0.id) < ($1.leaseExpiry ?? .distantPast, $1.id) }
+        return Array(found.prefix(limit))
+    }
+
+    // MARK: Encoding
+
+    private func base(_ session: SessionID) -> String { RedisKeys.session(prefix: prefix, session.rawValue) }
+
+    /// Groups items by session and makes one script call per session and per 1,000 items.
+    private func chunked<Item>(
+        _ items: [Item], by id: (Item) -> TaskID, _ make: ([Item]) -> (RedisScript, [[UInt8]])
+    ) -> [(SessionID, RedisScriptCall)] {
+        var groups: [SessionID: [Item]] = [:]
+        var order: [SessionID] = []
+        for item in items {
+            let session = id(item).session
+            if groups[session] == nil { order.append(session) }
+            groups[session, default: []].append(item)
+        }
+        var calls: [(SessionID, RedisScriptCall)] = []
+        for session in order {
+            let group = groups[session] ?? []
+            for start in stride(from: 0, to: group.count, by: 1_000) {
+                let (script, arguments) = make(Array(group[start..<min(start + 1_000, group.count)]))
+                calls.append((session, RedisScriptCall(script: script, keys: [base(session)], arguments: arguments)))
+            }
+        }
+        return calls
+    }
+
+    private func run(_ calls: [(SessionID, RedisScriptCall)], idempotent: Bool = false) async throws -> [(SessionID, RedisValue)] {
+        let replies = try await client.run(calls.map(\.1), idempotent: idempotent)
+        return Array(zip(calls.map(\.0), replies))
+    }
+
+    private func records(_ calls: [(SessionID, RedisScriptCall)], idempotent: Bool = false) async throws -> [TaskRecord] {
+        var records: [TaskRecord] = []
+        for (session, reply) in try await run(calls, idempotent: idempotent) { records += try Self.records(session, reply) }
+        return records
+    }
+
+    private func indices(_ calls: [(SessionID, RedisScriptCall)], idempotent: Bool = false) async throws -> Set<TaskID> {
+        var ids: Set<TaskID> = []
+        for (session, reply) in try await run(calls, idempotent: idempotent) {
+            for index in reply.elements.compactMap(\.int) { ids.insert(TaskID(session: session, index: index)) }
+        }
+        return ids
+    }
+
+    private func states(_ calls: [(SessionID, RedisScriptCall)]) async throws -> [TaskID: TaskState] {
+        var states: [TaskID: TaskState] = [:]
+        for (session, reply) in try await run(calls) {
+            let items = reply.elements
+            for start in stride(from: 0, to: items.count - 1, by: 2) {
+                guard let index = items[start].int, let state = items[start + 1].string.flatMap(TaskState.init(rawValue:)) else { continue }
+                states[TaskID(session: session, index: index)] = state
+            }
+        }
+        return states
+    }
+
+    private static func check(limit: Int) throws {
+        guard limit >= 1 else {
+            throw GridError.invalidArgument("limit is \(limit); it must be at least 1", backend: backend)
+        }
+    }
+
+    /// The hash fields of a record (absent optionals are absent fields).
+    static func fields(_ record: TaskRecord) -> [[UInt8]] {
+        var fields: [[UInt8]] = []
+        func add(_ name: String, _ value: [UInt8]?) {
+            guard let value else { return }
+            fields.append(Array(name.utf8))
+            fields.append(value)
+        }
+        add("s", Array(record.state.rawValue.utf8))
+        add("o", record.owner.map { Array($0.rawValue.utf8) })
+        add("l", record.leaseExpiry.map(RedisKeys.bytes))
+        add("r", RedisKeys.bytes(record.retries))
+        add("m", RedisKeys.bytes(record.maxRetries))
+        add("p", RedisKeys.bytes(record.priority))
+        add("to", record.timeout.map { Array(String($0.timeInterval).utf8) })
+        add("sub", RedisKeys.bytes(record.submittedAt))
+        add("st", record.startedAt.map(RedisKeys.bytes))
+        add("c", record.completedAt.map(RedisKeys.bytes))
+        add("e", record.lastError.map { Array($0.utf8) })
+        add("out", record.output)
+        return fields
+    }
+
+    /// A record from `HGETALL`; `nil` for an empty hash (no such task).
+    static func record(_ id: TaskID, _ reply: RedisValue) throws -> TaskRecord? {
+        let items = reply.elements
+        guard !items.isEmpty else { return nil }
+        var map: [String: RedisValue] = [:]
+        for start in stride(from: 0, to: items.count - 1, by: 2) {
+            if let name = items[start].string { map[name] = items[start + 1] }
+        }
+        guard let state = map["s"]?.string.flatMap(TaskState.init(rawValue:)), let submitted = RedisKeys.date(map["sub"]?.string) else {
+            throw GridError(.internalError, "task '\(id)' is stored malformed in Redis", backend: backend)
+        }
+        return TaskRecord(
+            id: id, state: state, owner: map["o"]?.string.map(AgentID.init), leaseExpiry: RedisKeys.date(map["l"]?.string),
+            retries: map["r"]?.int ?? 0, maxRetries: map["m"]?.int ?? SessionOptions.defaultMaxRetries, priority: map["p"]?.int ?? 0,
+            timeout: map["to"]?.string.flatMap(Double.init).map { Duration(timeInterval: $0) }, submittedAt: submitted,
+            startedAt: RedisKeys.date(map["st"]?.string), completedAt: RedisKeys.date(map["c"]?.string), lastError: map["e"]?.string,
+            output: map["out"]?.bytes
+        )
+    }
+
+    /// Records from a script's `(index, HGETALL)` pairs.
+    static func records(_ session: SessionID, _ reply: RedisValue) throws -> [TaskRecord] {
+        let items = reply.elements
+        var records: [TaskRecord] = []
+        records.reserveCapacity(items.count / 2)
+        for start in stride(from: 0, to: items.count - 1, by: 2) {
+            guard let index = items[start].int, index >= 0 else { continue }
+            if let record = try record(TaskID(session: session, index: index), items[start + 1]) { records.append(record) }
+        }
+        return records
+    }
+
+    /// A session from `HGETALL` of its info hash; `nil` for an empty hash.
+    static func session(_ id: SessionID, _ reply: RedisValue) throws -> SessionRecord? {
+        let items = reply.elements
+        guard !items.isEmpty else { return nil }
+        var map: [String: RedisValue] = [:]
+        for start in stride(from: 0, to: items.count - 1, by: 2) {
+            if let name = items[start].string { map[name] = items[start + 1] }
+        }
+        guard let json = map["options"]?.bytes, let options = try? JSONDecoder().decode(SessionOptions.self, from: Data(json)),
+            let created = RedisKeys.date(map["created"]?.string)
+        else {
+            throw GridError(.internalError, "session '\(id)' is stored malformed in Redis", backend: backend)
+        }
+        return SessionRecord(
+            id: id, options: options, createdAt: created, taskCount: map["count"]?.int ?? 0, cancelled: map["cancelled"]?.string == "1"
+        )
+    }
+}
