@@ -11,12 +11,15 @@ let package = Package(
         .library(name: "GridPlugins", targets: ["GridPlugins"]),
         .executable(name: "htc", targets: ["htc"]),
         .executable(name: "htc-agent", targets: ["htc-agent"]),
+        .executable(name: "htc-server", targets: ["htc-server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // The model, the four backend protocols, the engine and the in-memory reference backends.
@@ -55,11 +58,32 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The HTTP control plane: routes, authentication and configuration of htc-server.
+        .target(
+            name: "HTCServer",
+            dependencies: [
+                "GridKernel", "HTCCore", "GridPlugins",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(name: "htc", dependencies: ["HTCCore"]),
+        .executableTarget(name: "htc-server", dependencies: ["HTCServer"]),
         .executableTarget(name: "htc-agent", dependencies: ["HTCCore"]),
         .testTarget(name: "GridKernelTests", dependencies: ["GridKernel", "GridKernelConformance"]),
         .testTarget(name: "GridSQLiteTests", dependencies: ["GridSQLite", "GridKernel", "GridKernelConformance"]),
         .testTarget(name: "HTCCoreTests", dependencies: ["HTCCore", "GridKernel", "GridPlugins"]),
+        .testTarget(
+            name: "HTCServerTests",
+            dependencies: [
+                "HTCServer", "GridKernel",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
         .testTarget(
             name: "GridIntegrationTests",
             dependencies: ["HTCCore", "GridKernel", "GridSQLite", "GridPlugins"],
