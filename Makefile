@@ -4,7 +4,7 @@ SWIFT ?= swift
 RELEASE_BIN = $(shell $(SWIFT) build -c release --show-bin-path)
 DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path)
 
-.PHONY: deps demo test build release bench clean
+.PHONY: deps demo test build release bench clean openapi
 
 deps:
 	@scripts/install-deps.sh
@@ -12,6 +12,7 @@ deps:
 release: deps
 	$(SWIFT) build -c release --product htc-agent
 	$(SWIFT) build -c release --product htc
+	$(SWIFT) build -c release --product htc-server
 
 ## Runs 100,000 tasks on the embedded grid (SQLite + local disk) with 2 agent processes.
 demo: release
@@ -26,6 +27,10 @@ test: deps
 ## The acceptance benchmark: 20,000 tasks, 2 agents, 64-byte payloads, on SQLite.
 bench: release
 	$(RELEASE_BIN)/htc bench --backend sqlite --tasks 20000 --agents 2 --payload-bytes 64 --json
+
+## Copies openapi.yaml into the server library after editing it (tests fail while they differ).
+openapi:
+	scripts/embed-openapi.sh
 
 clean:
 	rm -rf .build

@@ -35,15 +35,22 @@ public struct GridAPI: Sendable {
         router.add(middleware: ErrorMiddleware<ServerRequestContext>())
         router.get("healthz") { _, _ in try Self.json(HealthBody(status: "ok")) }
         router.get("readyz") { _, _ in try await self.ready() }
+        router.get("openapi.yaml") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "application/yaml; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.yaml))
+            )
+        }
         let v1 = router.group("v1").add(middleware: AuthMiddleware(mode: auth))
         v1.post("sessions") { request, context in try await self.createSession(request, context) }
         v1.get("sessions") { request, context in try await self.listSessions(request, context) }
-        v1.get("sessions/{id}") { _, context in try await self.getSession(context) }
-        v1.post("sessions/{id}/cancel") { _, context in try await self.cancelSession(context) }
-        v1.post("sessions/{id}/tasks") { request, context in try await self.submitTasks(request, context) }
-        v1.get("sessions/{id}/results") { request, context in try await self.results(request, context) }
-        v1.get("tasks/{task}") { _, context in try await self.getTask(context) }
-        v1.get("tasks/{task}/output") { _, context in try await self.getOutput(context) }
+        v1.get("sessions/{session_id}") { _, context in try await self.getSession(context) }
+        v1.post("sessions/{session_id}/cancel") { _, context in try await self.cancelSession(context) }
+        v1.post("sessions/{session_id}/tasks") { request, context in try await self.submitTasks(request, context) }
+        v1.get("sessions/{session_id}/results") { request, context in try await self.results(request, context) }
+        v1.get("tasks/{task_id}") { _, context in try await self.getTask(context) }
+        v1.get("tasks/{task_id}/output") { _, context in try await self.getOutput(context) }
         return router
     }
 
@@ -215,7 +222,7 @@ public struct GridAPI: Sendable {
     /// The session named in the path, if the caller may see it; the same 404 otherwise, so a tenant
     /// cannot tell another tenant's session from a missing one.
     private func ownedSession(_ context: ServerRequestContext) async throws -> SessionRecord {
-        let text = try context.parameters.require("id")
+        let text = try context.parameters.require("session_id")
         return try await ownedSession(text, context, notFound: "session '\(text)' does not exist")
     }
 
@@ -232,7 +239,7 @@ public struct GridAPI: Sendable {
     }
 
     private func ownedTask(_ context: ServerRequestContext) async throws -> TaskID {
-        let text = try context.parameters.require("task")
+        let text = try context.parameters.require("task_id")
         guard let id = try? TaskID(text) else {
             throw GridError.invalidArgument("task id '\(text)' is not of the form <session>_<index>")
         }
