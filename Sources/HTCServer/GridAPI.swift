@@ -28,10 +28,11 @@ public struct GridAPI: Sendable {
         self.clock = clock
     }
 
-    /// Builds the router: errors as JSON documents, `/healthz`, `/readyz` and `/openapi.yaml` without
-    /// authentication, `/v1/...` behind `auth`.
+    /// Builds the router: an access log with request ids, errors as JSON documents, `/healthz`,
+    /// `/readyz` and `/openapi.yaml` without authentication, `/v1/...` behind `auth`.
     public func makeRouter(auth: AuthMode) -> Router<ServerRequestContext> {
         let router = Router(context: ServerRequestContext.self)
+        router.add(middleware: AccessLogMiddleware<ServerRequestContext>())
         router.add(middleware: ErrorMiddleware<ServerRequestContext>())
         router.get("healthz") { _, _ in try Self.json(HealthBody(status: "ok")) }
         router.get("readyz") { _, _ in try await self.ready() }

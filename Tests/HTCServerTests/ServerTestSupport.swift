@@ -1,8 +1,10 @@
 import Foundation
+import Synchronization
 import GridKernel
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import Logging
 import NIOCore
 
 @testable import HTCServer
@@ -20,8 +22,13 @@ struct TestGrid {
         api = GridAPI(client: GridClient(backends: backends), configuration: configuration, clock: clock)
     }
 
-    func application(auth: AuthMode = .none) -> some ApplicationProtocol {
-        Application(router: api.makeRouter(auth: auth))
+    /// The server on this grid; `port: 0` picks a free port for live tests. It binds 127.0.0.1 only.
+    func application(auth: AuthMode = .none, logger: Logger? = nil) -> some ApplicationProtocol {
+        Application(
+            router: api.makeRouter(auth: auth),
+            configuration: ApplicationConfiguration(address: .hostname("127.0.0.1", port: 0)),
+            logger: logger
+        )
     }
 
     /// An agent with short intervals, echoing its input.
@@ -139,4 +146,35 @@ func base64(_ text: String) -> String { Data(text.utf8).base64EncodedString() }
 
 func decodeBase64(_ text: String?) -> String? {
     text.flatMap { Data(base64Encoded: $0) }.map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// A log handler that keeps every line, for tests that read the log.
+final class CapturedLog: Sendable {
+    private let lines = Mutex<[String]>([])
+
+    var text: String { lines.withLock { $0.joined(separator: "\n") } }
+
+    func logger() -> Logger {
+        var logger = Logger(label: "test") { _ in Handler(log: self) }
+        logger.logLevel = .trace
+        return logger
+    }
+
+    struct Handler: LogHandler {
+        let log: CapturedLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            var all = metadata
+            if let extra = event.metadata { all.merge(extra) { $1 } }
+            let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            log.lines.withLock { $0.append("\(event.level) \(event.message) \(fields)") }
+        }
+    }
 }
