@@ -9,6 +9,9 @@ public enum AuthMode: Sendable {
     case none
     /// API keys, each mapped to a tenant, sent in `x-api-key` or `Authorization: Bearer KEY`.
     case apiKeys(APIKeyStore)
+    /// JSON Web Tokens (RS256, ES256) in `Authorization: Bearer TOKEN`, or the raw token in
+    /// `Authorization` as HTC-Grid's client sends Cognito IdTokens; the tenant is a claim.
+    case jwt(JWTVerifier)
 }
 
 /// API keys mapped to tenants. Only SHA-256 digests of the keys are kept in memory.
@@ -110,11 +113,33 @@ struct AuthMiddleware: RouterMiddleware {
             guard let tenant = store.tenant(forKey: key) else {
                 throw GridError(.unauthorized, "the API key is not valid")
             }
-            var context = context
-            context.tenant = tenant
-            context.logger[metadataKey: "tenant"] = "\(tenant)"
-            return try await next(request, context)
+            return try await next(request, Self.context(context, tenant: tenant))
+        case .jwt(let verifier):
+            guard let token = Self.presentedToken(request) else {
+                throw GridError(.unauthorized, "a token is required: send it in the Authorization header")
+            }
+            let tenant = try await verifier.tenant(forToken: token)
+            return try await next(request, Self.context(context, tenant: tenant))
         }
+    }
+
+    private static func context(_ context: Context, tenant: String) -> Context {
+        var context = context
+        context.tenant = tenant
+        context.logger[metadataKey: "tenant"] = "\(tenant)"
+        return context
+    }
+
+    /// `Authorization: Bearer TOKEN`, or the bare token as HTC-Grid's client sends it.
+    private static func presentedToken(_ request: Request) -> String? {
+        guard let authorization = request.headers[.authorization]?.trimmingCharacters(in: .whitespaces), !authorization.isEmpty else {
+            return nil
+        }
+        if authorization.lowercased().hasPrefix("bearer ") {
+            let token = authorization.dropFirst("bearer ".count).trimmingCharacters(in: .whitespaces)
+            return token.isEmpty ? nil : token
+        }
+        return authorization
     }
 
     private static func presentedKey(_ request: Request) -> String? {

@@ -201,8 +201,8 @@ paths:
         "409": { $ref: "#/components/responses/Error" }
 components:
   securitySchemes:
-    apiKey: { type: apiKey, in: header, name: x-api-key }
-    bearer: { type: http, scheme: bearer }
+    apiKey: { type: apiKey, in: header, name: x-api-key, description: "--auth api-key; also accepted as Authorization: Bearer KEY" }
+    bearer: { type: http, scheme: bearer, bearerFormat: JWT, description: "--auth jwt (RS256/ES256); the bare token in Authorization is accepted too" }
   parameters:
     SessionID: { name: session_id, in: path, required: true, schema: { type: string } }
     TaskID: { name: task_id, in: path, required: true, schema: { type: string, description: "<session_id>_<index>" } }

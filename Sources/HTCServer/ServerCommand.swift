@@ -22,11 +22,23 @@ public struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on, HOST:PORT or [IPV6]:PORT (env HTC_LISTEN, default 127.0.0.1:8080).")
     var listen: String?
 
-    @Option(help: "Authentication: none (loopback only) or api-key (env HTC_AUTH; default api-key when --api-keys is given, else none).")
+    @Option(help: "Authentication: none (loopback only), api-key or jwt (env HTC_AUTH; default api-key when --api-keys is given, jwt when --jwks is, else none).")
     var auth: String?
 
     @Option(help: "File of API keys, one tenant:key per line (env HTC_API_KEYS).")
     var apiKeys: String?
+
+    @Option(help: "JSON Web Key Set file of the keys that sign tokens, for --auth jwt (env HTC_JWKS).")
+    var jwks: String?
+
+    @Option(help: "Required token issuer (iss), for --auth jwt (env HTC_JWT_ISSUER).")
+    var jwtIssuer: String?
+
+    @Option(help: "Required token audience (aud), e.g. a Cognito app client id, for --auth jwt (env HTC_JWT_AUDIENCE).")
+    var jwtAudience: String?
+
+    @Option(help: "Token claim naming the tenant, for --auth jwt (env HTC_JWT_TENANT_CLAIM, default sub).")
+    var jwtTenantClaim: String?
 
     @Option(help: "Largest request body in bytes; larger ones get 413 (env HTC_MAX_BODY_BYTES, default 67108864).")
     var maxBodyBytes: Int?
@@ -42,7 +54,7 @@ public struct ServerCommand: AsyncParsableCommand {
         let environment = HTCCore.Environment()
         LoggingSetup.bootstrap(level: try grid.level(environment))
         let logger = Logger(label: "htc.server")
-        let settings = try settings(environment)
+        let settings = try await settings(environment)
         let backends = try await grid.makeBackends(logger: logger)
         let api = GridAPI(client: GridClient(backends: backends, logger: logger), configuration: settings.configuration)
         var app = Application(
@@ -70,10 +82,11 @@ public struct ServerCommand: AsyncParsableCommand {
     ///
     /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a bad address, an unknown auth mode,
     ///   `--auth none` on a non-loopback address or a missing or malformed key file.
-    func settings(_ environment: HTCCore.Environment) throws -> Settings {
+    func settings(_ environment: HTCCore.Environment) async throws -> Settings {
         let listen = try ListenAddress(listen ?? environment.string("HTC_LISTEN") ?? "127.0.0.1:8080")
         let keyFile = apiKeys ?? environment.string("HTC_API_KEYS")
-        let authName = auth ?? environment.string("HTC_AUTH") ?? (keyFile == nil ? "none" : "api-key")
+        let jwksFile = jwks ?? environment.string("HTC_JWKS")
+        let authName = auth ?? environment.string("HTC_AUTH") ?? (keyFile != nil ? "api-key" : jwksFile != nil ? "jwt" : "none")
         let mode: AuthMode
         switch authName {
         case "none":
@@ -90,9 +103,16 @@ public struct ServerCommand: AsyncParsableCommand {
             }
             mode = .apiKeys(try APIKeyStore(path: keyFile))
         case "jwt":
-            throw GridError.invalidArgument("--auth jwt is not implemented yet; use --auth api-key")
+            guard let jwksFile else {
+                throw GridError.invalidArgument("--auth jwt needs --jwks FILE (or HTC_JWKS), the JSON Web Key Set of the signing keys")
+            }
+            var configuration = JWTConfiguration(jwksPath: jwksFile)
+            configuration.issuer = jwtIssuer ?? environment.string("HTC_JWT_ISSUER")
+            configuration.audience = jwtAudience ?? environment.string("HTC_JWT_AUDIENCE")
+            if let claim = jwtTenantClaim ?? environment.string("HTC_JWT_TENANT_CLAIM") { configuration.tenantClaim = claim }
+            mode = .jwt(try await JWTVerifier(configuration: configuration))
         default:
-            throw GridError.invalidArgument("--auth \(authName) is not one of none, api-key")
+            throw GridError.invalidArgument("--auth \(authName) is not one of none, api-key, jwt")
         }
         var configuration = ServerConfiguration()
         if let value = try maxBodyBytes ?? environment.int("HTC_MAX_BODY_BYTES") {
