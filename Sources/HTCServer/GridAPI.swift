@@ -19,23 +19,33 @@ public struct GridAPI: Sendable {
     public let client: GridClient
     /// Limits and settings.
     public let configuration: ServerConfiguration
+    /// The metrics the routes record and `GET /metrics` exports.
+    public let metrics: ServerMetrics
     private let clock: any GridClock
 
     /// Creates the API over a client.
-    public init(client: GridClient, configuration: ServerConfiguration = ServerConfiguration(), clock: any GridClock = SystemClock()) {
+    public init(
+        client: GridClient,
+        configuration: ServerConfiguration = ServerConfiguration(),
+        metrics: ServerMetrics = ServerMetrics(),
+        clock: any GridClock = SystemClock()
+    ) {
         self.client = client
         self.configuration = configuration
+        self.metrics = metrics
         self.clock = clock
     }
 
-    /// Builds the router: an access log with request ids, errors as JSON documents, `/healthz`,
-    /// `/readyz` and `/openapi.yaml` without authentication, `/v1/...` behind `auth`.
+    /// Builds the router: an access log with request ids, request metrics, errors as JSON documents,
+    /// `/healthz`, `/readyz`, `/metrics` and `/openapi.yaml` without authentication, `/v1/...` behind `auth`.
     public func makeRouter(auth: AuthMode) -> Router<ServerRequestContext> {
         let router = Router(context: ServerRequestContext.self)
         router.add(middleware: AccessLogMiddleware<ServerRequestContext>())
+        router.add(middleware: MetricsMiddleware<ServerRequestContext>())
         router.add(middleware: ErrorMiddleware<ServerRequestContext>())
         router.get("healthz") { _, _ in try Self.json(HealthBody(status: "ok")) }
         router.get("readyz") { _, _ in try await self.ready() }
+        router.get("metrics") { _, context in await self.exportMetrics(context) }
         router.get("openapi.yaml") { _, _ in
             Response(
                 status: .ok,
@@ -67,6 +77,19 @@ public struct GridAPI: Sendable {
         return try Self.json(HealthBody(status: "ready"))
     }
 
+    private func exportMetrics(_ context: ServerRequestContext) async -> Response {
+        do {
+            metrics.queueDepth(try await client.backends.queue.depth())
+        } catch {
+            context.logger.warning("cannot read the queue depth for /metrics", metadata: ["error": "\(error)"])
+        }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer()))
+        )
+    }
+
     // MARK: - Sessions
 
     private func createSession(_ request: Request, _ context: ServerRequestContext) async throws -> Response {
@@ -87,6 +110,7 @@ public struct GridAPI: Sendable {
             options.taskTimeout = Duration(timeInterval: seconds)
         }
         let record = try await client.createSession(options)
+        metrics.sessionsCreated.increment()
         return try Self.json(SessionBody(record, counts: StateCounts()), status: .created)
     }
 
@@ -118,6 +142,7 @@ public struct GridAPI: Sendable {
     private func cancelSession(_ context: ServerRequestContext) async throws -> Response {
         let record = try await ownedSession(context)
         let counts = try await client.cancel(record.id)
+        metrics.sessionsCancelled.increment()
         return try Self.json(
             CancelBody(sessionID: record.id, cancelledPending: counts.pending, cancelledProcessing: counts.processing, totalCancelled: counts.total)
         )
@@ -131,7 +156,10 @@ public struct GridAPI: Sendable {
         if record.cancelled {
             throw GridError(.conflict, "session \(record.id) is cancelled; create a new session for more tasks")
         }
+        let start = ContinuousClock.now
         let ids = try await client.submit(record.id, inputs: inputs)
+        metrics.submitDuration.record(ContinuousClock.now - start)
+        metrics.tasksSubmitted.increment(by: Int64(ids.count))
         return try Self.json(SubmitTasksResponse(sessionID: record.id, taskIDs: ids), status: .created)
     }
 
@@ -189,6 +217,8 @@ public struct GridAPI: Sendable {
             delay = min(delay * 2, configuration.pollBackoff.upperBound)
             page = try await client.results(record.id, state: state, after: after, limit: limit)
         }
+        metrics.returned(page.items.count, state: state)
+        if wait > .zero { metrics.longPoll(foundData: !page.items.isEmpty) }
         // The backends' task cursors are task indices (IntegerCursor); resuming after the last item
         // lets a client long-poll from where it stopped even when this was the last page.
         let next = page.next ?? page.items.last.map { IntegerCursor.make($0.record.id.index) } ?? after

@@ -39,6 +39,16 @@ paths:
             application/json:
               schema: { $ref: "#/components/schemas/Health" }
         "503": { $ref: "#/components/responses/Error" }
+  /metrics:
+    get:
+      summary: Metrics in the Prometheus text format (requests, submissions, results, long-polls, queue depth).
+      security: []
+      responses:
+        "200":
+          description: The metrics.
+          content:
+            text/plain:
+              schema: { type: string }
   /openapi.yaml:
     get:
       summary: This document.

@@ -4,6 +4,8 @@ import GridPlugins
 import HTCCore
 import Hummingbird
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 
 /// `htc-server`: the HTTP control plane of HTC Grid. Serves API v1 over the backends named by
@@ -56,7 +58,9 @@ public struct ServerCommand: AsyncParsableCommand {
         let logger = Logger(label: "htc.server")
         let settings = try await settings(environment)
         let backends = try await grid.makeBackends(logger: logger)
-        let api = GridAPI(client: GridClient(backends: backends, logger: logger), configuration: settings.configuration)
+        let metrics = ServerMetrics()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics.registry))
+        let api = GridAPI(client: GridClient(backends: backends, logger: logger), configuration: settings.configuration, metrics: metrics)
         var app = Application(
             router: api.makeRouter(auth: settings.auth),
             configuration: ApplicationConfiguration(address: .hostname(settings.listen.host, port: settings.listen.port), serverName: "htc-server"),

@@ -139,3 +139,26 @@ import Testing
         }
     }
 }
+
+@Suite struct MetricsRouteTests {
+    @Test func metricsCountSubmissionsResultsAndQueueDepth() async throws {
+        let grid = TestGrid()
+        try await grid.application(auth: .apiKeys(try AuthTests.keys())).test(.router) { client in
+            let session = try await client.send(.post, "/v1/sessions", json: #"{"priority": 7}"#, key: "key-acme").decode(SessionJSON.self)
+            let batch = #"{"tasks": [{"payload_json": 1}, {"payload_json": 2}, {"payload_json": 3}]}"#
+            #expect(try await client.send(.post, "/v1/sessions/\(session.id)/tasks", json: batch, key: "key-acme").status == .created)
+            _ = try await client.send(.get, "/v1/sessions/\(session.id)/results?state=pending", key: "key-acme")
+
+            // Scrapers carry no API key.
+            let scraped = try await client.send(.get, "/metrics")
+            #expect(scraped.status == .ok)
+            let text = scraped.text
+            #expect(text.contains("\(ServerMetricName.sessionsCreated) 1"))
+            #expect(text.contains("\(ServerMetricName.tasksSubmitted) 3"))
+            #expect(text.contains(#"\#(ServerMetricName.resultsReturned){state="pending"} 3"#))
+            #expect(text.contains(#"\#(ServerMetricName.queueDepth){priority="7",kind="waiting"} 3"#))
+            #expect(text.contains("\(ServerMetricName.submitDuration)_count 1"))
+            #expect(!text.contains("acme"), "tenants or keys must not appear in metrics")
+        }
+    }
+}
