@@ -127,7 +127,7 @@ import FoundationNetworking
             break
         }
         let elapsed = (finished - start).timeInterval
-        print("htc-server end to end (debug build): \(total) tasks in \(elapsed) s, \(Int(Double(total) / elapsed)) tasks/s; submission \((submitted - start).timeInterval) s")
+        print("htc-server end to end: \(total) tasks in \(elapsed) s, \(Int(Double(total) / elapsed)) tasks/s; submission \((submitted - start).timeInterval) s")
 
         // A missing key is refused.
         let (unauthorized, _) = try await request(base, "GET", "/v1/sessions", key: "")
