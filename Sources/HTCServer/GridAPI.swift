@@ -3,6 +3,7 @@ import GridKernel
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import ServiceLifecycle
 
 /// The routes of API v1, written over a ``GridKernel/GridClient``: sessions, task submission, results
 /// with long-polling, single tasks, health.
@@ -209,11 +210,15 @@ public struct GridAPI: Sendable {
         let deadline = clock.now.addingTimeInterval(wait.timeInterval)
         var delay = configuration.pollBackoff.lowerBound
         var page = try await client.results(record.id, state: state, after: after, limit: limit)
-        // Long-poll: look again with a growing delay until something arrives or the wait is over.
-        while page.items.isEmpty {
+        // Long-poll: look again with a growing delay until something arrives or the wait is over. A
+        // graceful shutdown ends the wait at once (with what there is), so a rolling restart is not held
+        // up by clients waiting for results.
+        while page.items.isEmpty && !Task.isShuttingDownGracefully {
             let remaining = Duration(timeInterval: deadline.timeIntervalSince(clock.now))
             guard remaining > .zero else { break }
-            try await clock.sleep(for: min(delay, remaining))
+            let pause = min(delay, remaining)
+            try? await cancelWhenGracefulShutdown { try await self.clock.sleep(for: pause) }
+            try Task.checkCancellation()
             delay = min(delay * 2, configuration.pollBackoff.upperBound)
             page = try await client.results(record.id, state: state, after: after, limit: limit)
         }
