@@ -158,7 +158,11 @@ public struct RemoteGridClient: GridService {
         if Answer.self == Data.self, let data = data as? Answer { return data }
         do {
             let decoder = JSONDecoder()
-            decoder.dateDecodingStrategy = .iso8601
+            decoder.dateDecodingStrategy = .custom { decoder in
+                let text = try decoder.singleValueContainer().decode(String.self)
+                if let date = try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) { return date }
+                return try Date(text, strategy: .iso8601)
+            }
             return try decoder.decode(Answer.self, from: data)
         } catch {
             throw GridError(.internalError, "htc-server answered \(method) \(path) with a body this client cannot read: \(error)", backend: "http")

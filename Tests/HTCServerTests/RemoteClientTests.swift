@@ -20,6 +20,7 @@ import Testing
             let options = SessionOptions(priority: 2, maxRetries: 1, taskTimeout: .seconds(30), labels: ["team": "risk"])
             let session = try await remote.createSession(options, id: nil)
             #expect(session.options == options)
+            #expect(abs(session.createdAt.timeIntervalSinceNow) < 60, "created_at must be a full date-time: \(session.createdAt)")
             let inputs: [[UInt8]] = [Array("one".utf8), Array("two".utf8), [0, 255, 10], Array(repeating: 7, count: 100)]
             let ids = try await remote.submit(session.id, inputs: inputs)
             #expect(ids == (0..<4).map { TaskID(session: session.id, index: $0) })

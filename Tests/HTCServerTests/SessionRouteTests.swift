@@ -31,6 +31,8 @@ import Testing
             #expect(session.max_retries == 2)
             #expect(session.task_timeout_seconds == 1.5)
             #expect(session.labels == ["team": "risk"])
+            let createdAt = try #require(created.text.firstMatch(of: /"created_at":"([^"]+)"/)?.output.1)
+            #expect(createdAt.wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/) != nil, "\(createdAt)")
 
             let fetched = try await client.send(.get, "/v1/sessions/\(session.id)")
             #expect(fetched.status == .ok)
