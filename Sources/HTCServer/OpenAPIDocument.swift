@@ -87,6 +87,7 @@ paths:
             application/json:
               schema:
                 type: object
+                additionalProperties: false
                 required: [items, has_more]
                 properties:
                   items: { type: array, items: { $ref: "#/components/schemas/Session" } }
@@ -117,6 +118,7 @@ paths:
             application/json:
               schema:
                 type: object
+                additionalProperties: false
                 required: [session_id, cancelled_pending, cancelled_processing, total_cancelled]
                 properties:
                   session_id: { type: string }
@@ -150,6 +152,7 @@ paths:
             application/json:
               schema:
                 type: object
+                additionalProperties: false
                 required: [session_id, task_ids]
                 properties:
                   session_id: { type: string }
@@ -175,6 +178,7 @@ paths:
             application/json:
               schema:
                 type: object
+                additionalProperties: false
                 required: [items, has_more]
                 properties:
                   items: { type: array, items: { $ref: "#/components/schemas/Task" } }
@@ -225,15 +229,18 @@ components:
   schemas:
     Health:
       type: object
+      additionalProperties: false
       required: [status]
       properties:
         status: { type: string }
     Error:
       type: object
+      additionalProperties: false
       required: [error]
       properties:
         error:
           type: object
+          additionalProperties: false
           required: [code, message]
           properties:
             code:
@@ -256,6 +263,7 @@ components:
           description: keys starting with "htc." are reserved
     Session:
       type: object
+      additionalProperties: false
       required: [id, priority, max_retries, labels, created_at, task_count, cancelled]
       properties:
         id: { type: string }
@@ -288,6 +296,7 @@ components:
         - required: [payload_json]
     Task:
       type: object
+      additionalProperties: false
       required: [task_id, session_id, state, retries, max_retries, priority, submitted_at]
       properties:
         task_id: { type: string }
