@@ -4,7 +4,7 @@ SWIFT ?= swift
 RELEASE_BIN = $(shell $(SWIFT) build -c release --show-bin-path)
 DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path)
 
-.PHONY: deps demo test build release bench clean
+.PHONY: deps demo test build release bench clean openapi
 
 deps:
 	@scripts/install-deps.sh
@@ -31,6 +31,10 @@ test: deps
 ## The acceptance benchmark: 20,000 tasks, 2 agents, 64-byte payloads, on SQLite.
 bench: release
 	$(RELEASE_BIN)/htc bench --backend sqlite --tasks 20000 --agents 2 --payload-bytes 64 --json
+
+## Copies openapi.yaml into the server library after editing it (tests fail while they differ).
+openapi:
+	scripts/embed-openapi.sh
 
 clean:
 	rm -rf .build

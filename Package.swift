@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "GridPlugins", targets: ["GridPlugins"]),
         .executable(name: "htc", targets: ["htc"]),
         .executable(name: "htc-agent", targets: ["htc-agent"]),
+        .executable(name: "htc-server", targets: ["htc-server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -20,6 +21,12 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.7.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // The model, the four backend protocols, the engine and the in-memory reference backends.
@@ -72,12 +79,39 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The HTTP control plane: routes, authentication and configuration of htc-server.
+        .target(
+            name: "HTCServer",
+            dependencies: [
+                "GridKernel", "HTCCore", "GridPlugins",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(name: "htc", dependencies: ["HTCCore"]),
+        .executableTarget(name: "htc-server", dependencies: ["HTCServer"]),
         .executableTarget(name: "htc-agent", dependencies: ["HTCCore"]),
         .testTarget(name: "GridKernelTests", dependencies: ["GridKernel", "GridKernelConformance"]),
         .testTarget(name: "GridSQLiteTests", dependencies: ["GridSQLite", "GridKernel", "GridKernelConformance"]),
         .testTarget(name: "GridRedisTests", dependencies: ["GridRedis", "GridKernel", "GridKernelConformance"]),
         .testTarget(name: "HTCCoreTests", dependencies: ["HTCCore", "GridKernel", "GridPlugins"]),
+        .testTarget(
+            name: "HTCServerTests",
+            dependencies: [
+                "HTCServer", "GridKernel", "HTCCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         .testTarget(
             name: "GridIntegrationTests",
             dependencies: ["HTCCore", "GridKernel", "GridSQLite", "GridPlugins"],

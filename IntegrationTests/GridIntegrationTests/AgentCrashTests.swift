@@ -35,11 +35,16 @@ import Testing
         // The victim's tasks take 200 ms each (an echo through a child process), so it always holds
         // running tasks when it is killed; the survivor echoes in process.
         let victim = try startAgent(0, grid: grid, directory: directory, arguments: ["--exec", "sleep 0.2; cat"])
-        let survivor = try startAgent(1, grid: grid, directory: directory)
-        defer {
-            for process in [victim, survivor] where process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        }
+        defer { if victim.isRunning { kill(victim.processIdentifier, SIGKILL) } }
         try await client.submit(session.id, inputs: inputs)
+        // The survivor starts only once the victim holds tasks: on a loaded machine a slow-starting victim
+        // could otherwise find the survivor done with everything, and the kill below would never happen.
+        try await waitUntil(timeout: .seconds(120), "agent-0 owns tasks") {
+            let processing = try await backends.state.tasks(session.id, state: .processing, after: nil, limit: 1_000)
+            return processing.items.contains { $0.owner == AgentID("agent-0") }
+        }
+        let survivor = try startAgent(1, grid: grid, directory: directory)
+        defer { if survivor.isRunning { kill(survivor.processIdentifier, SIGKILL) } }
 
         // Kill the victim while it owns running tasks, a quarter of the way through.
         try await waitUntil(timeout: .seconds(300), "a quarter of the tasks finished and agent-0 owns some") {

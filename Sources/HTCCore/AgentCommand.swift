@@ -116,10 +116,14 @@ struct AgentService: Service {
 }
 
 /// Runs a ``Reaper`` as a service until shutdown.
-struct ReaperService: Service {
+public struct ReaperService: Service {
     let reaper: Reaper
 
-    func run() async throws {
+    /// Wraps a reaper.
+    public init(reaper: Reaper) { self.reaper = reaper }
+
+    /// Runs reaper passes until a graceful shutdown or cancellation.
+    public func run() async throws {
         await cancelWhenGracefulShutdown {
             await reaper.run()
         }

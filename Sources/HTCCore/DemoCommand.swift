@@ -42,7 +42,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure the standard workload (echo tasks, every output retrieved and checked).",
-        discussion: "With --backend memory the agents run in this process; otherwise they are htc-agent processes on the grid. Without --grid, sqlite uses a temporary file."
+        discussion: "With --backend memory the agents run in this process; otherwise they are htc-agent processes on the grid. Without --grid, sqlite uses a temporary file. With --server the client side (submit, wait, results) goes through htc-server's API v1 while the agents work on --grid, which must be the server's grid."
     )
 
     @Option(help: "memory or sqlite; any other backend through --grid/--queue/--state/--payload.") var backend: String?
@@ -53,10 +53,23 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Tasks each agent runs at once.") var concurrency = 1024
     @Option(help: "Give up after this many seconds.") var timeout: Double = 600
     @Flag(help: "Print one JSON line instead of text.") var json = false
+    @Option(help: "Drive the workload through htc-server at this URL (env HTC_SERVER); needs --grid, the server's grid.") var server: String?
+    @Option(help: "API key for --server (env HTC_API_KEY).") var apiKey: String?
 
     func run() async throws {
         LoggingSetup.bootstrap(level: try grid.level(default: .warning))
+        let environment = Environment()
         let urls = grid.urls()
+        var remote: RemoteGridClient?
+        if let server = server ?? environment.string("HTC_SERVER") {
+            guard let url = URL(string: server), url.scheme == "http" || url.scheme == "https", url.host != nil else {
+                throw ValidationError("--server \(server) is not an http:// or https:// URL")
+            }
+            guard urls != GridURLs(), backend?.lowercased() != "memory" else {
+                throw ValidationError("--server needs --grid URL (or HTC_GRID): the grid the server serves, where the agents run")
+            }
+            remote = RemoteGridClient(baseURL: url, apiKey: apiKey ?? environment.string("HTC_API_KEY"))
+        }
         let kind: Workload.Backend
         switch backend?.lowercased() {
         case "memory"?: kind = .memory
@@ -70,10 +83,14 @@ struct BenchCommand: AsyncParsableCommand {
         case nil:
             throw ValidationError("pass --backend memory|sqlite, or --grid URL")
         }
-        let workload = Workload(
+        var workload = Workload(
             backend: kind, urls: urls, tasks: tasks, agents: agents, payloadBytes: payloadBytes, concurrency: concurrency,
             timeout: Duration(timeInterval: timeout)
         )
+        if let remote {
+            workload.server = remote
+            workload.batchSize = remote.submitBatchSize
+        }
         let result = try await workload.run(logger: Logger(label: "htc.bench"), progress: json ? nil : ProgressReporter())
         if json {
             print(result.jsonLine)

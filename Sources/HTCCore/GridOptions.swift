@@ -5,23 +5,32 @@ import GridPlugins
 import Logging
 
 /// Reads `HTC_*` variables; flags take precedence over them, and they over defaults.
-struct Environment: Sendable {
-    var values: [String: String]
+public struct Environment: Sendable {
+    /// The variables, by name.
+    public var values: [String: String]
 
-    init(_ values: [String: String] = ProcessInfo.processInfo.environment) { self.values = values }
+    /// Wraps a set of variables; the process environment by default.
+    public init(_ values: [String: String] = ProcessInfo.processInfo.environment) { self.values = values }
 
-    func string(_ name: String) -> String? {
+    /// The variable's value, or `nil` when it is unset or empty.
+    public func string(_ name: String) -> String? {
         guard let value = values[name], !value.isEmpty else { return nil }
         return value
     }
 
-    func int(_ name: String) throws -> Int? {
+    /// The variable as an integer, or `nil` when it is unset.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` if it is not an integer.
+    public func int(_ name: String) throws -> Int? {
         guard let text = string(name) else { return nil }
         guard let value = Int(text) else { throw GridError.invalidArgument("\(name)=\(text) is not an integer") }
         return value
     }
 
-    func seconds(_ name: String) throws -> Double? {
+    /// The variable as a non-negative number of seconds, or `nil` when it is unset.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` if it is not such a number.
+    public func seconds(_ name: String) throws -> Double? {
         guard let text = string(name) else { return nil }
         guard let value = Double(text), value >= 0 else {
             throw GridError.invalidArgument("\(name)=\(text) is not a number of seconds")
@@ -47,10 +56,11 @@ public struct GridOptions: ParsableArguments, Sendable {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env HTC_LOG_LEVEL).")
     var logLevel: String?
 
+    /// Creates the options (ArgumentParser fills them in).
     public init() {}
 
     /// The URLs after applying the environment.
-    func urls(_ environment: Environment = Environment()) -> GridURLs {
+    public func urls(_ environment: Environment = Environment()) -> GridURLs {
         GridURLs(
             grid: grid ?? environment.string("HTC_GRID"),
             queue: queue ?? environment.string("HTC_QUEUE"),
@@ -59,7 +69,10 @@ public struct GridOptions: ParsableArguments, Sendable {
         )
     }
 
-    func level(_ environment: Environment = Environment(), default fallback: Logger.Level = .info) throws -> Logger.Level {
+    /// The log level from `--log-level` or `HTC_LOG_LEVEL`, or `fallback`.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for an unknown level.
+    public func level(_ environment: Environment = Environment(), default fallback: Logger.Level = .info) throws -> Logger.Level {
         guard let text = logLevel ?? environment.string("HTC_LOG_LEVEL") else { return fallback }
         guard let level = Logger.Level(rawValue: text.lowercased()) else {
             throw GridError.invalidArgument("log level '\(text)' is not one of trace, debug, info, notice, warning, error, critical")
@@ -68,14 +81,18 @@ public struct GridOptions: ParsableArguments, Sendable {
     }
 
     /// Builds the backends named by the flags and the environment.
-    func makeBackends(logger: Logger) async throws -> GridBackends {
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a missing or unknown URL; what the
+    ///   plugin's factory throws.
+    public func makeBackends(logger: Logger) async throws -> GridBackends {
         try await BackendRegistry.installed.makeBackends(urls(), context: BackendContext(logger: logger))
     }
 }
 
 /// Bootstraps logging once per process, to stderr.
-enum LoggingSetup {
-    static func bootstrap(level: Logger.Level) {
+public enum LoggingSetup {
+    /// Sends every logger's output to stderr at `level`; call once, from an executable.
+    public static func bootstrap(level: Logger.Level) {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level

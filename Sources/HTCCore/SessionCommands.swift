@@ -6,12 +6,26 @@ import Logging
 /// Shared by the commands that talk to a grid as a client.
 struct ClientOptions: ParsableArguments {
     @OptionGroup var grid: GridOptions
+    @Option(help: "Talk to htc-server at this URL instead of the backends, e.g. http://grid:8080 (env HTC_SERVER).")
+    var server: String?
+    @Option(help: "API key for --server; prefer the variable, which ps does not show (env HTC_API_KEY).")
+    var apiKey: String?
     @Flag(help: "Print JSON instead of tables.") var json = false
 
-    func makeClient() async throws -> GridClient {
-        LoggingSetup.bootstrap(level: try grid.level(default: .warning))
+    func makeClient(_ environment: Environment = Environment()) async throws -> any GridService {
+        LoggingSetup.bootstrap(level: try grid.level(environment, default: .warning))
+        if let remote = try remoteClient(environment) { return remote }
         let logger = Logger(label: "htc.client")
         return GridClient(backends: try await grid.makeBackends(logger: logger), logger: logger)
+    }
+
+    /// The client of `--server` (or `HTC_SERVER`), or `nil` when the backends are used directly.
+    func remoteClient(_ environment: Environment) throws -> RemoteGridClient? {
+        guard let server = server ?? environment.string("HTC_SERVER") else { return nil }
+        guard let url = URL(string: server), url.scheme == "http" || url.scheme == "https", url.host != nil else {
+            throw ValidationError("--server \(server) is not an http:// or https:// URL")
+        }
+        return RemoteGridClient(baseURL: url, apiKey: apiKey ?? environment.string("HTC_API_KEY"))
     }
 }
 
@@ -57,7 +71,7 @@ struct SubmitCommand: AsyncParsableCommand {
             sessionID = try parseSession(session)
         } else {
             let options = SessionOptions(priority: priority, maxRetries: maxRetries, taskTimeout: timeout.map { Duration(timeInterval: $0) })
-            sessionID = try await client.createSession(options).id
+            sessionID = try await client.createSession(options, id: nil).id
         }
         let ids = try await client.submit(sessionID, inputs: inputs)
         if options.json {
@@ -201,5 +215,44 @@ struct CancelCommand: AsyncParsableCommand {
         } else {
             print("cancelled \(counts.total.grouped) tasks (\(counts.pending.grouped) pending, \(counts.processing.grouped) running)")
         }
+    }
+}
+
+/// `htc sessions`: lists sessions (through `--server`, only the caller's).
+struct SessionsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sessions", abstract: "List sessions in id order.")
+
+    struct Line: Encodable {
+        var session_id: String
+        var priority: Int
+        var tasks: Int
+        var cancelled: Bool
+        var created_at: Date
+    }
+
+    @OptionGroup var options: ClientOptions
+    @Option(help: "Start after this cursor (printed at the end of the previous page).") var after: String?
+    @Option(help: "Sessions per page.") var limit = 100
+    @Flag(help: "Follow the cursor to the end instead of stopping after one page.") var all = false
+
+    func run() async throws {
+        let client = try await options.makeClient()
+        var cursor = after
+        repeat {
+            let page = try await client.sessions(after: cursor, limit: limit)
+            for session in page.items {
+                let line = Line(
+                    session_id: session.id.rawValue, priority: session.options.priority, tasks: session.taskCount,
+                    cancelled: session.cancelled, created_at: session.createdAt
+                )
+                if options.json {
+                    try printJSON(line)
+                } else {
+                    print("\(line.session_id)\tpriority \(line.priority)\t\(line.tasks.grouped) tasks" + (line.cancelled ? "\tcancelled" : ""))
+                }
+            }
+            cursor = page.next
+            if !all, let next = page.next, !options.json { print("next page: --after \(next)") }
+        } while all && cursor != nil
     }
 }

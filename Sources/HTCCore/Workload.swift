@@ -23,6 +23,8 @@ struct Workload: Sendable {
     var batchSize = 5_000
     /// Give up when the tasks are not all terminal after this long.
     var timeout: Duration = .seconds(600)
+    /// Drive the client side through `htc-server` instead of the backends.
+    var server: RemoteGridClient?
 
     /// The figures `htc bench --json` prints.
     struct Result: Codable, Sendable {
@@ -116,7 +118,7 @@ struct Workload: Sendable {
             return (latencies[max(0, min(latencies.count - 1, rank))] * 100).rounded() / 100
         }
         return Result(
-            backend: backend == .custom ? (try? urls.resolved().queue.scheme) ?? "custom" : backend.rawValue,
+            backend: (server == nil ? "" : "http+") + (backend == .custom ? (try? urls.resolved().queue.scheme) ?? "custom" : backend.rawValue),
             tasks: tasks,
             agents: agents,
             payload_bytes: payloadBytes,
@@ -141,14 +143,15 @@ struct Workload: Sendable {
 
     /// Submits, waits and verifies; the timed part of the workload.
     private func drive(backends: GridBackends, logger: Logger, progress: ProgressReporter?) async throws -> Measured {
-        let client = GridClient(backends: backends, configuration: ClientConfiguration(submitBatchSize: batchSize), logger: logger)
-        let session = try await client.createSession()
+        let client: any GridService =
+            server ?? GridClient(backends: backends, configuration: ClientConfiguration(submitBatchSize: batchSize), logger: logger)
+        let session = try await client.createSession(SessionOptions(), id: nil)
         let started = ContinuousClock.now
         var submitted = 0
         while submitted < tasks {
             let end = min(submitted + batchSize, tasks)
             let inputs = (submitted..<end).map { Self.input(index: $0, bytes: payloadBytes) }
-            try await client.submit(session.id, inputs: inputs)
+            _ = try await client.submit(session.id, inputs: inputs)
             submitted = end
             progress?.submitted(submitted, of: tasks)
         }

@@ -1,0 +1,62 @@
+import GridKernel
+
+/// What the `htc` client commands need from a grid, whether they reach it directly (``GridClient`` over
+/// the backends) or through `htc-server` (``RemoteGridClient``).
+public protocol GridService: Sendable {
+    /// Creates a session; `id` is honoured only by direct clients.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for bad options; ``GridKernel/GridError/Code/unavailable``.
+    func createSession(_ options: SessionOptions, id: SessionID?) async throws -> SessionRecord
+
+    /// Submits tasks; returns their ids in the order of `inputs`.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/notFound``; ``GridKernel/GridError/Code/conflict`` for a
+    ///   cancelled session; ``GridKernel/GridError/Code/payloadTooLarge``; ``GridKernel/GridError/Code/unavailable``.
+    func submit(_ session: SessionID, inputs: [[UInt8]]) async throws -> [TaskID]
+
+    /// Reads a session.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/notFound``; ``GridKernel/GridError/Code/unavailable``.
+    func session(_ id: SessionID) async throws -> SessionRecord
+
+    /// Lists sessions in id order.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a bad cursor; ``GridKernel/GridError/Code/unavailable``.
+    func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord>
+
+    /// Counts a session's tasks by state.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/notFound`` (remote); ``GridKernel/GridError/Code/unavailable``.
+    func counts(_ session: SessionID) async throws -> StateCounts
+
+    /// Pages through a session's tasks in one state, with outputs of finished tasks; `next` is `nil`
+    /// on the last page.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a bad cursor; ``GridKernel/GridError/Code/unavailable``.
+    func results(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskResult>
+
+    /// Cancels a session.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/notFound``; ``GridKernel/GridError/Code/unavailable``.
+    func cancel(_ session: SessionID) async throws -> CancelCounts
+
+    /// Waits until every task of the session is terminal, polling its counts.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/timeout``; ``GridKernel/GridError/Code/unavailable``; `CancellationError`.
+    func wait(
+        for session: SessionID,
+        expected: Int?,
+        pollInterval: Duration,
+        timeout: Duration?,
+        progress: @Sendable (StateCounts) -> Void
+    ) async throws -> StateCounts
+}
+
+extension GridClient: GridService {
+    /// Lists sessions straight from the state store.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a bad cursor; ``GridKernel/GridError/Code/unavailable``.
+    public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
+        try await backends.state.sessions(after: cursor, limit: limit)
+    }
+}

@@ -1,0 +1,293 @@
+import Foundation
+import GridKernel
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A client of `htc-server`'s API v1 (see openapi.yaml), for `htc --server URL`.
+public struct RemoteGridClient: GridService {
+    /// The server, e.g. `http://grid.example:8080`.
+    public let baseURL: URL
+    private let apiKey: String?
+    private let urlSession: URLSession
+    /// Tasks per submission request; the server accepts up to 10,000.
+    public var submitBatchSize = 10_000
+
+    /// Creates a client; `apiKey` goes in `x-api-key`.
+    public init(baseURL: URL, apiKey: String?, urlSession: URLSession = .shared) {
+        self.baseURL = baseURL
+        self.apiKey = apiKey
+        self.urlSession = urlSession
+    }
+
+    /// Creates a session.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` when `id` is given (the server chooses ids)
+    ///   or an option is out of range; what the server answers.
+    public func createSession(_ options: SessionOptions, id: SessionID?) async throws -> SessionRecord {
+        if let id { throw GridError.invalidArgument("the server chooses session ids; cannot create session \(id) remotely") }
+        let body = CreateSessionBody(
+            priority: options.priority,
+            max_retries: options.maxRetries,
+            task_timeout_seconds: options.taskTimeout?.timeInterval,
+            labels: options.labels.isEmpty ? nil : options.labels
+        )
+        return try await send("POST", "/v1/sessions", body: try JSONEncoder().encode(body), as: SessionBody.self).record()
+    }
+
+    /// Submits tasks in requests of ``submitBatchSize``. Each request is accepted or refused whole; when a
+    /// later request fails, the earlier ones stay submitted.
+    ///
+    /// - Throws: what the server answers.
+    public func submit(_ session: SessionID, inputs: [[UInt8]]) async throws -> [TaskID] {
+        var ids: [TaskID] = []
+        ids.reserveCapacity(inputs.count)
+        var start = 0
+        while start < inputs.count {
+            let end = min(start + max(1, submitBatchSize), inputs.count)
+            // Base64 needs no JSON escaping, so the body is assembled directly.
+            var body = #"{"tasks":["#
+            for index in start..<end {
+                if index > start { body += "," }
+                body += #"{"payload_base64":""# + Data(inputs[index]).base64EncodedString() + #""}"#
+            }
+            body += "]}"
+            let answer = try await send("POST", "/v1/sessions/\(session.rawValue)/tasks", body: Data(body.utf8), as: SubmitBody.self)
+            ids += try answer.task_ids.map { try TaskID($0) }
+            start = end
+        }
+        return ids
+    }
+
+    /// Reads a session.
+    ///
+    /// - Throws: what the server answers.
+    public func session(_ id: SessionID) async throws -> SessionRecord {
+        try await send("GET", "/v1/sessions/\(id.rawValue)", as: SessionBody.self).record()
+    }
+
+    /// Lists the caller's sessions.
+    ///
+    /// - Throws: what the server answers.
+    public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
+        var path = "/v1/sessions?limit=\(limit)"
+        if let cursor { path += "&after=" + Self.escape(cursor) }
+        let page = try await send("GET", path, as: PageBody<SessionBody>.self)
+        return Page(items: try page.items.map { try $0.record() }, next: page.has_more ? page.next : nil)
+    }
+
+    /// Counts a session's tasks by state.
+    ///
+    /// - Throws: what the server answers.
+    public func counts(_ session: SessionID) async throws -> StateCounts {
+        try await send("GET", "/v1/sessions/\(session.rawValue)", as: SessionBody.self).stateCounts()
+    }
+
+    /// Pages through results; outputs too large to travel inline are fetched one by one.
+    ///
+    /// - Throws: what the server answers.
+    public func results(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskResult> {
+        var path = "/v1/sessions/\(session.rawValue)/results?state=\(state.rawValue)&limit=\(limit)"
+        if let cursor { path += "&after=" + Self.escape(cursor) }
+        let page = try await send("GET", path, as: PageBody<TaskBody>.self)
+        var items: [TaskResult] = []
+        items.reserveCapacity(page.items.count)
+        for item in page.items {
+            var output = item.output_base64.flatMap { Data(base64Encoded: $0) }.map { Array($0) }
+            if output == nil, let url = item.output_url {
+                output = Array(try await send("GET", url, as: Data.self))
+            }
+            items.append(TaskResult(record: try item.record(), output: output))
+        }
+        return Page(items: items, next: page.has_more ? page.next : nil)
+    }
+
+    /// Cancels a session.
+    ///
+    /// - Throws: what the server answers.
+    public func cancel(_ session: SessionID) async throws -> CancelCounts {
+        let body = try await send("POST", "/v1/sessions/\(session.rawValue)/cancel", as: CancelBody.self)
+        return CancelCounts(pending: body.cancelled_pending, processing: body.cancelled_processing)
+    }
+
+    /// Waits until every task is terminal, polling the session's counts.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/timeout``; what the server answers; `CancellationError`.
+    public func wait(
+        for session: SessionID,
+        expected: Int?,
+        pollInterval: Duration,
+        timeout: Duration?,
+        progress: @Sendable (StateCounts) -> Void
+    ) async throws -> StateCounts {
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        while true {
+            let body = try await send("GET", "/v1/sessions/\(session.rawValue)", as: SessionBody.self)
+            let counts = try body.stateCounts()
+            progress(counts)
+            if counts.terminal >= (expected ?? body.task_count) { return counts }
+            if let deadline, ContinuousClock.now >= deadline {
+                throw GridError(.timeout, "session \(session) has \(counts.terminal) of \(expected ?? body.task_count) tasks terminal after the timeout")
+            }
+            try await Task.sleep(for: pollInterval)
+        }
+    }
+
+    // MARK: - HTTP
+
+    private func send<Answer: Decodable>(_ method: String, _ path: String, body: Data? = nil, as type: Answer.Type) async throws -> Answer {
+        guard let url = URL(string: path, relativeTo: baseURL) else {
+            throw GridError.invalidArgument("cannot make a URL of \(baseURL) and \(path)")
+        }
+        var request = URLRequest(url: url)
+        request.httpMethod = method
+        request.httpBody = body
+        request.timeoutInterval = 300
+        if body != nil { request.setValue("application/json", forHTTPHeaderField: "content-type") }
+        if let apiKey { request.setValue(apiKey, forHTTPHeaderField: "x-api-key") }
+        let data: Data
+        let response: URLResponse
+        do {
+            (data, response) = try await urlSession.data(for: request)
+        } catch {
+            throw GridError.unavailable("cannot reach htc-server at \(baseURL): \(error.localizedDescription)", backend: "http", underlying: error)
+        }
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard (200..<300).contains(status) else { throw Self.error(status: status, data: data) }
+        if Answer.self == Data.self, let data = data as? Answer { return data }
+        do {
+            let decoder = JSONDecoder()
+            decoder.dateDecodingStrategy = .custom { decoder in
+                let text = try decoder.singleValueContainer().decode(String.self)
+                if let date = try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) { return date }
+                return try Date(text, strategy: .iso8601)
+            }
+            return try decoder.decode(Answer.self, from: data)
+        } catch {
+            throw GridError(.internalError, "htc-server answered \(method) \(path) with a body this client cannot read: \(error)", backend: "http")
+        }
+    }
+
+    /// The grid error for an API error document (the server maps grid errors to statuses; this maps them back).
+    static func error(status: Int, data: Data) -> GridError {
+        let document = try? JSONDecoder().decode(ErrorBody.self, from: data)
+        let message = document?.error.message ?? "htc-server answered HTTP \(status)"
+        let code: GridError.Code
+        switch document?.error.code {
+        case "not_found": code = .notFound
+        case "invalid_argument": code = .invalidArgument
+        case "conflict": code = .conflict
+        case "payload_too_large": code = .payloadTooLarge
+        case "unauthorized": code = .unauthorized
+        case "unavailable": code = .unavailable
+        case "timeout": code = .timeout
+        case "lease_lost": code = .leaseLost
+        default: code = status == 503 || status == 502 || status == 504 ? .unavailable : .internalError
+        }
+        return GridError(code, message, backend: "http")
+    }
+
+    private static func escape(_ text: String) -> String {
+        text.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+?#"))) ?? text
+    }
+}
+
+// The wire format of API v1, as openapi.yaml describes it.
+private struct CreateSessionBody: Encodable {
+    var priority: Int
+    var max_retries: Int
+    var task_timeout_seconds: Double?
+    var labels: [String: String]?
+}
+
+private struct SubmitBody: Decodable {
+    var task_ids: [String]
+}
+
+private struct CancelBody: Decodable {
+    var cancelled_pending: Int
+    var cancelled_processing: Int
+}
+
+private struct ErrorBody: Decodable {
+    struct Detail: Decodable {
+        var code: String
+        var message: String
+    }
+
+    var error: Detail
+}
+
+private struct PageBody<Item: Decodable>: Decodable {
+    var items: [Item]
+    var next: String?
+    var has_more: Bool
+}
+
+private struct SessionBody: Decodable {
+    var id: String
+    var priority: Int
+    var max_retries: Int
+    var task_timeout_seconds: Double?
+    var labels: [String: String]
+    var created_at: Date
+    var task_count: Int
+    var cancelled: Bool
+    var counts: [String: Int]?
+
+    func record() throws -> SessionRecord {
+        SessionRecord(
+            id: try SessionID(id),
+            options: SessionOptions(
+                priority: priority,
+                maxRetries: max_retries,
+                taskTimeout: task_timeout_seconds.map { Duration(timeInterval: $0) },
+                labels: labels
+            ),
+            createdAt: created_at,
+            taskCount: task_count,
+            cancelled: cancelled
+        )
+    }
+
+    func stateCounts() throws -> StateCounts {
+        guard let counts else { throw GridError(.internalError, "htc-server sent session \(id) without counts", backend: "http") }
+        var result = StateCounts()
+        for state in TaskState.allCases { result[state] = counts[state.rawValue] ?? 0 }
+        return result
+    }
+}
+
+private struct TaskBody: Decodable {
+    var task_id: String
+    var state: String
+    var owner: String?
+    var retries: Int
+    var max_retries: Int
+    var priority: Int
+    var submitted_at: Date
+    var started_at: Date?
+    var completed_at: Date?
+    var last_error: String?
+    var output_base64: String?
+    var output_url: String?
+
+    func record() throws -> TaskRecord {
+        guard let state = TaskState(rawValue: state) else {
+            throw GridError(.internalError, "htc-server sent task \(task_id) in an unknown state '\(self.state)'", backend: "http")
+        }
+        return TaskRecord(
+            id: try TaskID(task_id),
+            state: state,
+            owner: owner.map(AgentID.init),
+            retries: retries,
+            maxRetries: max_retries,
+            priority: priority,
+            submittedAt: submitted_at,
+            startedAt: started_at,
+            completedAt: completed_at,
+            lastError: last_error
+        )
+    }
+}

@@ -1,0 +1,38 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+
+/// Logs one line per request (method, path, status, duration) with Hummingbird's request id, and returns
+/// the id in `x-request-id` so a client's report can be matched to the log. Headers are never logged, so
+/// API keys and tokens stay out of the logs.
+struct AccessLogMiddleware<Context: RequestContext>: RouterMiddleware {
+    static var requestIDHeader: HTTPField.Name { HTTPField.Name("x-request-id")! }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let start = ContinuousClock.now
+        do {
+            var response = try await next(request, context)
+            response.headers[Self.requestIDHeader] = context.id
+            log(request, status: response.status.code, since: start, context: context)
+            return response
+        } catch {
+            log(request, status: 500, since: start, context: context)
+            throw error
+        }
+    }
+
+    private func log(_ request: Request, status: Int, since start: ContinuousClock.Instant, context: Context) {
+        let elapsed = ContinuousClock.now - start
+        let milliseconds = Double(elapsed.components.seconds) * 1_000 + Double(elapsed.components.attoseconds) / 1e15
+        context.logger.log(
+            level: status >= 500 ? .error : .info,
+            "request",
+            metadata: [
+                "method": "\(request.method.rawValue)",
+                "path": "\(request.uri.path)",
+                "status": "\(status)",
+                "ms": "\((milliseconds * 10).rounded() / 10)",
+            ]
+        )
+    }
+}

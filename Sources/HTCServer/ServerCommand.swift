@@ -1,0 +1,164 @@
+import ArgumentParser
+import GridKernel
+import GridPlugins
+import HTCCore
+import Hummingbird
+import Logging
+import Metrics
+import Prometheus
+import ServiceLifecycle
+
+/// `htc-server`: the HTTP control plane of HTC Grid. Serves API v1 over the backends named by
+/// `--grid` (or `--queue`/`--state`/`--payload`) and runs a reaper; SIGTERM or SIGINT shut it down
+/// gracefully.
+public struct ServerCommand: AsyncParsableCommand {
+    /// The command's name and help.
+    public static let configuration = CommandConfiguration(
+        commandName: "htc-server",
+        abstract: "Serve the HTC Grid HTTP API (v1) over the grid's backends.",
+        discussion: "Every option also reads an HTC_* environment variable; flags win over variables."
+    )
+
+    @OptionGroup var grid: GridOptions
+
+    @Option(help: "Address to listen on, HOST:PORT or [IPV6]:PORT (env HTC_LISTEN, default 127.0.0.1:8080).")
+    var listen: String?
+
+    @Option(help: "Authentication: none (loopback only), api-key or jwt (env HTC_AUTH; default api-key when --api-keys is given, jwt when --jwks is, else none).")
+    var auth: String?
+
+    @Option(help: "File of API keys, one tenant:key per line (env HTC_API_KEYS).")
+    var apiKeys: String?
+
+    @Option(help: "JSON Web Key Set file of the keys that sign tokens, for --auth jwt (env HTC_JWKS).")
+    var jwks: String?
+
+    @Option(help: "Required token issuer (iss), for --auth jwt (env HTC_JWT_ISSUER).")
+    var jwtIssuer: String?
+
+    @Option(help: "Required token audience (aud), e.g. a Cognito app client id, for --auth jwt (env HTC_JWT_AUDIENCE).")
+    var jwtAudience: String?
+
+    @Option(help: "Token claim naming the tenant, for --auth jwt (env HTC_JWT_TENANT_CLAIM, default sub).")
+    var jwtTenantClaim: String?
+
+    @Option(help: "Largest request body in bytes; larger ones get 413 (env HTC_MAX_BODY_BYTES, default 67108864).")
+    var maxBodyBytes: Int?
+
+    @Option(help: "Seconds between reaper passes; 0 turns the server's reaper off (env HTC_REAPER_INTERVAL, default 5).")
+    var reaperInterval: Double?
+
+    /// Creates the command (ArgumentParser fills in the options).
+    public init() {}
+
+    /// Runs the server until SIGTERM or SIGINT.
+    public func run() async throws {
+        let environment = HTCCore.Environment()
+        LoggingSetup.bootstrap(level: try grid.level(environment))
+        let logger = Logger(label: "htc.server")
+        let settings = try await settings(environment)
+        let backends = try await grid.makeBackends(logger: logger)
+        let metrics = ServerMetrics()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics.registry))
+        let api = GridAPI(client: GridClient(backends: backends, logger: logger), configuration: settings.configuration, metrics: metrics)
+        var app = Application(
+            router: api.makeRouter(auth: settings.auth),
+            configuration: ApplicationConfiguration(address: .hostname(settings.listen.host, port: settings.listen.port), serverName: "htc-server"),
+            logger: logger
+        )
+        if let interval = settings.reaperInterval {
+            app.addServices(ReaperService(reaper: Reaper(backends: backends, configuration: ReaperConfiguration(interval: interval), logger: logger)))
+        }
+        logger.info("htc-server starting", metadata: ["listen": "\(settings.listen)", "auth": "\(settings.authName)"])
+        try await app.runService()
+    }
+
+    /// The settings after applying the environment and the defaults.
+    struct Settings {
+        var listen: ListenAddress
+        var auth: AuthMode
+        var authName: String
+        var configuration: ServerConfiguration
+        var reaperInterval: Duration?
+    }
+
+    /// Resolves flags, environment and defaults, and enforces the rules between them.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a bad address, an unknown auth mode,
+    ///   `--auth none` on a non-loopback address or a missing or malformed key file.
+    func settings(_ environment: HTCCore.Environment) async throws -> Settings {
+        let listen = try ListenAddress(listen ?? environment.string("HTC_LISTEN") ?? "127.0.0.1:8080")
+        let keyFile = apiKeys ?? environment.string("HTC_API_KEYS")
+        let jwksFile = jwks ?? environment.string("HTC_JWKS")
+        let authName = auth ?? environment.string("HTC_AUTH") ?? (keyFile != nil ? "api-key" : jwksFile != nil ? "jwt" : "none")
+        let mode: AuthMode
+        switch authName {
+        case "none":
+            guard listen.isLoopback else {
+                throw GridError.invalidArgument(
+                    "--auth none is allowed only on a loopback address (127.0.0.1, ::1, localhost), not \(listen.host): "
+                        + "use --auth api-key --api-keys FILE, or listen on 127.0.0.1"
+                )
+            }
+            mode = .none
+        case "api-key":
+            guard let keyFile else {
+                throw GridError.invalidArgument("--auth api-key needs --api-keys FILE (or HTC_API_KEYS) with tenant:key lines")
+            }
+            mode = .apiKeys(try APIKeyStore(path: keyFile))
+        case "jwt":
+            guard let jwksFile else {
+                throw GridError.invalidArgument("--auth jwt needs --jwks FILE (or HTC_JWKS), the JSON Web Key Set of the signing keys")
+            }
+            var configuration = JWTConfiguration(jwksPath: jwksFile)
+            configuration.issuer = jwtIssuer ?? environment.string("HTC_JWT_ISSUER")
+            configuration.audience = jwtAudience ?? environment.string("HTC_JWT_AUDIENCE")
+            if let claim = jwtTenantClaim ?? environment.string("HTC_JWT_TENANT_CLAIM") { configuration.tenantClaim = claim }
+            mode = .jwt(try await JWTVerifier(configuration: configuration))
+        default:
+            throw GridError.invalidArgument("--auth \(authName) is not one of none, api-key, jwt")
+        }
+        var configuration = ServerConfiguration()
+        if let value = try maxBodyBytes ?? environment.int("HTC_MAX_BODY_BYTES") {
+            guard value > 0 else { throw GridError.invalidArgument("--max-body-bytes must be positive") }
+            configuration.maxBodyBytes = value
+        }
+        let reaperSeconds = try reaperInterval ?? environment.seconds("HTC_REAPER_INTERVAL") ?? 5
+        return Settings(
+            listen: listen,
+            auth: mode,
+            authName: authName,
+            configuration: configuration,
+            reaperInterval: reaperSeconds > 0 ? Duration(timeInterval: reaperSeconds) : nil
+        )
+    }
+}
+
+/// A `HOST:PORT` listening address.
+struct ListenAddress: CustomStringConvertible, Equatable {
+    var host: String
+    var port: Int
+
+    /// Parses `HOST:PORT` or `[IPV6]:PORT`.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` if the text is not of that form.
+    init(_ text: String) throws {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port) else {
+            throw GridError.invalidArgument("--listen \(text) is not HOST:PORT (e.g. 127.0.0.1:8080)")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { throw GridError.invalidArgument("--listen \(text) has no host (e.g. 127.0.0.1:8080)") }
+        self.host = host
+        self.port = port
+    }
+
+    /// Whether only this machine can connect.
+    var isLoopback: Bool {
+        if host == "localhost" || host == "::1" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+
+    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}

@@ -1,0 +1,8 @@
+import HTCServer
+
+@main
+struct HTCServerMain {
+    static func main() async {
+        await ServerCommand.main()
+    }
+}
