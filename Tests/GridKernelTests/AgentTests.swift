@@ -278,16 +278,18 @@ import Testing
         #expect(try await client.output(id) == [3])
     }
 
-    @Test func starvationGuardServesLowPriorityWork() async throws {
+    /// Runs one low-priority task and `high` high-priority tasks on one slot; returns the sessions in
+    /// the order their tasks ran.
+    private func runOrder(starvationGuard: Int, high count: Int) async throws -> (order: [SessionID], low: SessionID) {
         let backends = memoryBackends()
         let client = GridClient(backends: backends)
         let low = try await client.createSession(SessionOptions(priority: 0))
         let high = try await client.createSession(SessionOptions(priority: 5))
         try await client.submit(low.id, inputs: [[0]])
-        try await client.submit(high.id, inputs: (0..<40).map { [UInt8($0)] })
+        try await client.submit(high.id, inputs: (0..<count).map { [UInt8($0)] })
         let order = Mutex<[SessionID]>([])
         var configuration = fastAgent(concurrency: 1)
-        configuration.starvationGuard = 4
+        configuration.starvationGuard = starvationGuard
         let agent = try Agent(
             backends: backends,
             handler: ClosureHandler { input, context in
@@ -299,37 +301,24 @@ import Testing
         try await withAgent(agent) {
             try await waitUntil("all tasks finished") {
                 let lowDone = try await client.counts(low.id)[.finished] == 1
-                let highDone = try await client.counts(high.id)[.finished] == 40
+                let highDone = try await client.counts(high.id)[.finished] == count
                 return lowDone && highDone
             }
         }
-        let position = order.withLock { $0.firstIndex(of: low.id) }
+        return (order.withLock { $0 }, low.id)
+    }
+
+    @Test func starvationGuardServesLowPriorityWork() async throws {
+        let (order, low) = try await runOrder(starvationGuard: 4, high: 40)
         // Strict priority would run it last (position 40); the guard lets it in by the fourth lease.
-        #expect(position != nil && position! < 4)
+        let position = try #require(order.firstIndex(of: low))
+        #expect(position < 4)
     }
 
     @Test func withoutTheGuardHigherPriorityRunsFirst() async throws {
-        let backends = memoryBackends()
-        let client = GridClient(backends: backends)
-        let low = try await client.createSession(SessionOptions(priority: 0))
-        let high = try await client.createSession(SessionOptions(priority: 5))
-        try await client.submit(low.id, inputs: [[0]])
-        try await client.submit(high.id, inputs: (0..<10).map { [UInt8($0)] })
-        let order = Mutex<[SessionID]>([])
-        var configuration = fastAgent(concurrency: 1)
-        configuration.starvationGuard = 0
-        let agent = try Agent(
-            backends: backends,
-            handler: ClosureHandler { input, context in
-                order.withLock { $0.append(context.id.session) }
-                return input
-            },
-            configuration: configuration
-        )
-        try await withAgent(agent) {
-            try await waitUntil("all tasks finished") { try await client.counts(low.id)[.finished] == 1 }
-        }
-        #expect(order.withLock { $0.last } == low.id)
+        let (order, low) = try await runOrder(starvationGuard: 0, high: 10)
+        #expect(order.count == 11)
+        #expect(order.last == low)
     }
 }
 
