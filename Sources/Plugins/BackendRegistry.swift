@@ -93,11 +93,19 @@ public struct BackendRegistry: Sendable {
         try await plugin(for: url).makeStateStore(url, context: context)
     }
 
-    /// Builds a payload store from a URL.
+    /// Builds a payload store from a URL. `?layout=htcgrid` (on any scheme) keeps values in HTC-Grid's
+    /// encodings (``GridKernel/HTCGridPayloadStore``), so HTC-Grid clients share the data plane; a plugin
+    /// may read the option too (Redis then drops its key prefix). `?layout=grid` is the default.
     ///
-    /// - Throws: as ``makeQueue(_:context:)``.
+    /// - Throws: as ``makeQueue(_:context:)``, and ``GridKernel/GridError/Code/invalidArgument`` for an
+    ///   unknown layout.
     public func makePayloadStore(_ url: BackendURL, context: BackendContext) async throws -> any PayloadStore {
-        try await plugin(for: url).makePayloadStore(url, context: context)
+        let layout = url.query["layout"] ?? "grid"
+        guard layout == "grid" || layout == "htcgrid" else {
+            throw GridError.invalidArgument("layout=\(layout) in \(url) is not one of grid, htcgrid")
+        }
+        let store = try await plugin(for: url).makePayloadStore(url, context: context)
+        return layout == "htcgrid" ? HTCGridPayloadStore(store) : store
     }
 
     /// Builds all three backends of a grid.

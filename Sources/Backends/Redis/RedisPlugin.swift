@@ -2,7 +2,7 @@ import GridKernel
 
 /// The `redis://` and `rediss://` schemes: queue, state and payloads on one Redis server.
 ///
-/// `redis://[user:password@]host:port/db?prefix=htc&pool=4&max_payload_bytes=N`; `rediss://` speaks
+/// `redis://[user:password@]host:port/db?prefix=htc&pool=4&max_payload_bytes=N[&layout=htcgrid]`; `rediss://` speaks
 /// TLS with certificate verification (`?ca_file=/path/ca.pem` to trust a private CA). Every component
 /// of one server, database and prefix in one process shares a single connection pool.
 public struct RedisPlugin: GridBackendPlugin {
@@ -33,10 +33,12 @@ public struct RedisPlugin: GridBackendPlugin {
         RedisStateStore(client: try await client(url, context: context))
     }
 
-    /// A ``RedisPayloadStore`` on the URL's server, with the URL's `max_payload_bytes`.
+    /// A ``RedisPayloadStore`` on the URL's server, with the URL's `max_payload_bytes`; with
+    /// `?layout=htcgrid` its keys are the bare data-plane keys HTC-Grid clients use (no prefix; the
+    /// registry adds HTC-Grid's encodings).
     ///
     /// - Throws: ``GridError/Code/invalidArgument`` for a bad URL.
     public func makePayloadStore(_ url: BackendURL, context: BackendContext) async throws -> any PayloadStore {
-        RedisPayloadStore(client: try await client(url, context: context))
+        RedisPayloadStore(client: try await client(url, context: context), keyPrefix: url.query["layout"] == "htcgrid" ? "" : nil)
     }
 }

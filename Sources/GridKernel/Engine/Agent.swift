@@ -326,12 +326,14 @@ public final class Agent: Sendable {
         var failures: [TaskFailure] = []
         var unowned: [Lease] = []
         var ran: [TaskID] = []
+        // Outside readers of a shared data plane (HTC-Grid's connector) look for every output there.
+        let inlineLimit = backends.payloads is any SharedPayloadStore ? -1 : configuration.inlineOutputLimit
         for item in batch {
             guard let lease = leases[item.id] else { continue }
             switch item.outcome {
             case .success(let output):
                 ran.append(item.id)
-                if output.count <= configuration.inlineOutputLimit {
+                if output.count <= inlineLimit {
                     completions.append(TaskCompletion(id: item.id, output: output))
                 } else {
                     external.append(PayloadItem(key: PayloadKey.output(item.id), value: output))

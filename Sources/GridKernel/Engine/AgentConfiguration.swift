@@ -20,7 +20,8 @@ public struct AgentConfiguration: Sendable {
     /// One lease call in this many serves the lowest priorities first, so a flood of high-priority work
     /// cannot starve the rest; 0 turns the guard off. Default 10.
     public var starvationGuard: Int
-    /// Outputs up to this many bytes are kept in the task record instead of the payload store. Default 8 KiB.
+    /// Outputs up to this many bytes are kept in the task record instead of the payload store, unless the
+    /// payload store is a ``SharedPayloadStore`` (every output goes there). Default 8 KiB.
     public var inlineOutputLimit: Int
     /// A task that failed and will be retried becomes visible again after this delay. Default 1 s.
     public var retryDelay: Duration

@@ -76,16 +76,32 @@ public struct GridClient: Sendable {
     ///   cancelled one; ``GridError/Code/payloadTooLarge``; ``GridError/Code/unavailable``.
     @discardableResult
     public func submit(_ session: SessionID, inputs: [[UInt8]]) async throws -> [TaskID] {
-        guard !inputs.isEmpty else { return [] }
+        try await submit(session, count: inputs.count) { inputs[$0] }
+    }
+
+    /// Submits `count` tasks whose inputs are already in the payload store under
+    /// ``PayloadKey/input(_:)``, as HTC-Grid clients upload them before submitting: only their records
+    /// and messages are written. The new tasks take the session's next indices.
+    ///
+    /// - Returns: the new task ids, in index order.
+    /// - Throws: as ``submit(_:inputs:)``.
+    @discardableResult
+    public func submitStored(_ session: SessionID, count: Int) async throws -> [TaskID] {
+        try await submit(session, count: count) { _ in nil }
+    }
+
+    /// The one submission path: `input(offset)` gives a task's input, or `nil` when it is already stored.
+    private func submit(_ session: SessionID, count: Int, input inputAt: (Int) -> [UInt8]?) async throws -> [TaskID] {
+        guard count > 0 else { return [] }
         let record = try await backends.state.session(session)
-        let indices = try await backends.state.reserveTaskIndices(session, count: inputs.count)
+        let indices = try await backends.state.reserveTaskIndices(session, count: count)
         let now = clock.now
         var ids: [TaskID] = []
-        ids.reserveCapacity(inputs.count)
+        ids.reserveCapacity(count)
         let batch = max(1, configuration.submitBatchSize)
         var start = 0
-        while start < inputs.count {
-            let end = min(start + batch, inputs.count)
+        while start < count {
+            let end = min(start + batch, count)
             var records: [TaskRecord] = []
             var queued: [QueuedTask] = []
             var external: [PayloadItem] = []
@@ -93,7 +109,6 @@ public struct GridClient: Sendable {
             queued.reserveCapacity(end - start)
             for offset in start..<end {
                 let id = TaskID(session: session, index: indices.lowerBound + offset)
-                let input = inputs[offset]
                 records.append(
                     TaskRecord(
                         id: id,
@@ -103,10 +118,13 @@ public struct GridClient: Sendable {
                         submittedAt: now
                     )
                 )
-                if input.count <= configuration.inlinePayloadLimit {
+                switch inputAt(offset) {
+                case let input? where input.count <= configuration.inlinePayloadLimit:
                     queued.append(QueuedTask(id: id, priority: record.options.priority, payload: input))
-                } else {
+                case let input?:
                     external.append(PayloadItem(key: PayloadKey.input(id), value: input))
+                    queued.append(QueuedTask(id: id, priority: record.options.priority, payload: nil))
+                case nil:
                     queued.append(QueuedTask(id: id, priority: record.options.priority, payload: nil))
                 }
                 ids.append(id)
@@ -116,7 +134,7 @@ public struct GridClient: Sendable {
             try await backends.queue.enqueue(queued)
             start = end
         }
-        logger.debug("submitted tasks", metadata: ["session": "\(session)", "count": "\(inputs.count)"])
+        logger.debug("submitted tasks", metadata: ["session": "\(session)", "count": "\(count)"])
         return ids
     }
 
