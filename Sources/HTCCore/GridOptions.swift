@@ -27,6 +27,18 @@ public struct Environment: Sendable {
         return value
     }
 
+    /// Whether the variable is set to a true value (`1`, `true`, `yes`, `on`); `false` when unset.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for any other value.
+    public func bool(_ name: String) throws -> Bool {
+        guard let text = string(name)?.lowercased() else { return false }
+        switch text {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: throw GridError.invalidArgument("\(name)=\(text) is not a boolean (1/0, true/false)")
+        }
+    }
+
     /// The variable as a non-negative number of seconds, or `nil` when it is unset.
     ///
     /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` if it is not such a number.

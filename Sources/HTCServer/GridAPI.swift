@@ -22,7 +22,7 @@ public struct GridAPI: Sendable {
     public let configuration: ServerConfiguration
     /// The metrics the routes record and `GET /metrics` exports.
     public let metrics: ServerMetrics
-    private let clock: any GridClock
+    let clock: any GridClock
 
     /// Creates the API over a client.
     public init(
@@ -38,8 +38,9 @@ public struct GridAPI: Sendable {
     }
 
     /// Builds the router: an access log with request ids, request metrics, errors as JSON documents,
-    /// `/healthz`, `/readyz`, `/metrics` and `/openapi.yaml` without authentication, `/v1/...` behind `auth`.
-    public func makeRouter(auth: AuthMode) -> Router<ServerRequestContext> {
+    /// `/healthz`, `/readyz`, `/metrics` and `/openapi.yaml` without authentication, `/v1/...` behind `auth`,
+    /// and with `htcgrid` HTC-Grid's `submit`, `result` and `cancel` under its base path, behind `auth` too.
+    public func makeRouter(auth: AuthMode, htcgrid: HTCGridCompatibility? = nil) -> Router<ServerRequestContext> {
         let router = Router(context: ServerRequestContext.self)
         router.add(middleware: AccessLogMiddleware<ServerRequestContext>())
         router.add(middleware: MetricsMiddleware<ServerRequestContext>())
@@ -63,6 +64,7 @@ public struct GridAPI: Sendable {
         v1.get("sessions/{session_id}/results") { request, context in try await self.results(request, context) }
         v1.get("tasks/{task_id}") { _, context in try await self.getTask(context) }
         v1.get("tasks/{task_id}/output") { _, context in try await self.getOutput(context) }
+        if let htcgrid { addHTCGridRoutes(to: router, htcgrid, auth: auth) }
         return router
     }
 
@@ -250,7 +252,7 @@ public struct GridAPI: Sendable {
 
     // MARK: - Helpers
 
-    private func visible(_ record: SessionRecord, to context: ServerRequestContext) -> Bool {
+    func visible(_ record: SessionRecord, to context: ServerRequestContext) -> Bool {
         guard let tenant = context.tenant else { return true }
         return record.options.labels[Self.tenantLabel] == tenant
     }
@@ -262,7 +264,7 @@ public struct GridAPI: Sendable {
         return try await ownedSession(text, context, notFound: "session '\(text)' does not exist")
     }
 
-    private func ownedSession(_ text: String, _ context: ServerRequestContext, notFound message: String) async throws -> SessionRecord {
+    func ownedSession(_ text: String, _ context: ServerRequestContext, notFound message: String) async throws -> SessionRecord {
         guard let id = try? SessionID(text) else { throw GridError.notFound(message) }
         let record: SessionRecord
         do {

@@ -213,6 +213,76 @@ paths:
         "401": { $ref: "#/components/responses/Error" }
         "404": { $ref: "#/components/responses/Error" }
         "409": { $ref: "#/components/responses/Error" }
+  /v1/submit:
+    post:
+      summary: "HTC-Grid compatibility (--htcgrid-compat; the base path is --htcgrid-base-path): submit the session stored under <session_id>-payload."
+      description: Only with --htcgrid-compat. The tasks' inputs are already in the data plane under <task_id>-input. See docs/server.md, "HTC-Grid compatibility".
+      parameters: [{ $ref: "#/components/parameters/SubmissionContent" }]
+      responses:
+        "200":
+          description: The session and its task ids, in submission order.
+          content:
+            application/json:
+              schema:
+                type: object
+                additionalProperties: false
+                required: [session_id, task_ids]
+                properties:
+                  session_id: { type: string }
+                  task_ids: { type: array, items: { type: string } }
+        "401": { $ref: "#/components/responses/Error" }
+        "543": { $ref: "#/components/responses/HTCGridError" }
+  /v1/result:
+    get:
+      summary: "HTC-Grid compatibility: the session's finished, cancelled and failed tasks; outputs are read from the data plane."
+      description: "submission_content is urlsafe_b64encode(json.dumps({\"session_id\": SID}))."
+      parameters: [{ $ref: "#/components/parameters/SubmissionContent" }]
+      responses:
+        "200":
+          description: HTC-Grid's GetResponse.
+          content:
+            application/json:
+              schema:
+                type: object
+                additionalProperties: false
+                required: [finished, finished_OUTPUT, cancelled, cancelled_OUTPUT, failed, failed_OUTPUT, metadata]
+                properties:
+                  finished: { type: array, items: { type: string } }
+                  finished_OUTPUT: { type: array, items: { type: string, enum: [read_from_dataplane] } }
+                  cancelled: { type: array, items: { type: string } }
+                  cancelled_OUTPUT: { type: array, items: { type: string, enum: [read_from_dataplane] } }
+                  failed: { type: array, items: { type: string } }
+                  failed_OUTPUT: { type: array, items: { type: string, enum: [read_from_dataplane] } }
+                  metadata:
+                    type: object
+                    additionalProperties: false
+                    required: [tasks_in_response]
+                    properties:
+                      tasks_in_response: { type: integer }
+        "401": { $ref: "#/components/responses/Error" }
+        "542": { $ref: "#/components/responses/HTCGridError" }
+  /v1/cancel:
+    post:
+      summary: "HTC-Grid compatibility: cancel sessions; HTC-Grid's counters per session."
+      description: "submission_content is urlsafe_b64encode(json.dumps({\"session_ids_to_cancel\": [SID, ...]}))."
+      parameters: [{ $ref: "#/components/parameters/SubmissionContent" }]
+      responses:
+        "200":
+          description: The counters of each session named.
+          content:
+            application/json:
+              schema:
+                type: object
+                additionalProperties:
+                  type: object
+                  additionalProperties: false
+                  required: [cancelled_pending, cancelled_processing, total_cancelled_tasks]
+                  properties:
+                    cancelled_pending: { type: integer }
+                    cancelled_processing: { type: integer }
+                    total_cancelled_tasks: { type: integer }
+        "401": { $ref: "#/components/responses/Error" }
+        "542": { $ref: "#/components/responses/HTCGridError" }
 components:
   securitySchemes:
     apiKey: { type: apiKey, in: header, name: x-api-key, description: "--auth api-key; also accepted as Authorization: Bearer KEY" }
@@ -220,12 +290,18 @@ components:
   parameters:
     SessionID: { name: session_id, in: path, required: true, schema: { type: string } }
     TaskID: { name: task_id, in: path, required: true, schema: { type: string, description: "<session_id>_<index>" } }
+    SubmissionContent: { name: submission_content, in: query, required: true, schema: { type: string }, description: "HTC-Grid's only parameter" }
   responses:
     Error:
       description: An error.
       content:
         application/json:
           schema: { $ref: "#/components/schemas/Error" }
+    HTCGridError:
+      description: "HTC-Grid's error: 543 for submit, 542 for result and cancel, the message as plain text."
+      content:
+        text/plain:
+          schema: { type: string }
   schemas:
     Health:
       type: object

@@ -48,6 +48,12 @@ public struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Seconds between reaper passes; 0 turns the server's reaper off (env HTC_REAPER_INTERVAL, default 5).")
     var reaperInterval: Double?
 
+    @Flag(help: "Also serve HTC-Grid's REST API (POST /submit, GET /result, POST /cancel) for its Python connector; the payload URL needs ?layout=htcgrid (env HTC_HTCGRID_COMPAT=1).")
+    var htcgridCompat = false
+
+    @Option(help: "Path HTC-Grid's routes are served under, its API Gateway stage (env HTC_HTCGRID_BASE_PATH, default /v1).")
+    var htcgridBasePath: String?
+
     /// Creates the command (ArgumentParser fills in the options).
     public init() {}
 
@@ -58,18 +64,27 @@ public struct ServerCommand: AsyncParsableCommand {
         let logger = Logger(label: "htc.server")
         let settings = try await settings(environment)
         let backends = try await grid.makeBackends(logger: logger)
+        if settings.htcgrid != nil, !(backends.payloads is any SharedPayloadStore) {
+            throw GridError.invalidArgument(
+                "--htcgrid-compat needs the data plane in HTC-Grid's layout, shared with the connector and the agents: "
+                    + "add ?layout=htcgrid to the payload URL (--payload or --grid), and give the agents the same URL"
+            )
+        }
         let metrics = ServerMetrics()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics.registry))
         let api = GridAPI(client: GridClient(backends: backends, logger: logger), configuration: settings.configuration, metrics: metrics)
         var app = Application(
-            router: api.makeRouter(auth: settings.auth),
+            router: api.makeRouter(auth: settings.auth, htcgrid: settings.htcgrid),
             configuration: ApplicationConfiguration(address: .hostname(settings.listen.host, port: settings.listen.port), serverName: "htc-server"),
             logger: logger
         )
         if let interval = settings.reaperInterval {
             app.addServices(ReaperService(reaper: Reaper(backends: backends, configuration: ReaperConfiguration(interval: interval), logger: logger)))
         }
-        logger.info("htc-server starting", metadata: ["listen": "\(settings.listen)", "auth": "\(settings.authName)"])
+        logger.info(
+            "htc-server starting",
+            metadata: ["listen": "\(settings.listen)", "auth": "\(settings.authName)", "htcgrid": "\(settings.htcgrid?.basePath ?? "off")"]
+        )
         try await app.runService()
     }
 
@@ -80,6 +95,7 @@ public struct ServerCommand: AsyncParsableCommand {
         var authName: String
         var configuration: ServerConfiguration
         var reaperInterval: Duration?
+        var htcgrid: HTCGridCompatibility?
     }
 
     /// Resolves flags, environment and defaults, and enforces the rules between them.
@@ -124,12 +140,19 @@ public struct ServerCommand: AsyncParsableCommand {
             configuration.maxBodyBytes = value
         }
         let reaperSeconds = try reaperInterval ?? environment.seconds("HTC_REAPER_INTERVAL") ?? 5
+        var htcgrid: HTCGridCompatibility?
+        if try htcgridCompat || environment.bool("HTC_HTCGRID_COMPAT") {
+            htcgrid = try HTCGridCompatibility(basePath: htcgridBasePath ?? environment.string("HTC_HTCGRID_BASE_PATH") ?? "/v1")
+        } else if htcgridBasePath != nil {
+            throw GridError.invalidArgument("--htcgrid-base-path needs --htcgrid-compat")
+        }
         return Settings(
             listen: listen,
             auth: mode,
             authName: authName,
             configuration: configuration,
-            reaperInterval: reaperSeconds > 0 ? Duration(timeInterval: reaperSeconds) : nil
+            reaperInterval: reaperSeconds > 0 ? Duration(timeInterval: reaperSeconds) : nil,
+            htcgrid: htcgrid
         )
     }
 }

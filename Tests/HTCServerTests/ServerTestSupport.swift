@@ -15,17 +15,19 @@ struct TestGrid {
     let clock: ManualClock
     let api: GridAPI
 
-    /// `clock` drives only the server's long-poll; the backends and agents run on real time.
-    init(configuration: ServerConfiguration = ServerConfiguration()) {
-        backends = GridBackends(queue: InMemoryTaskQueue(), state: InMemoryStateStore(), payloads: InMemoryPayloadStore())
+    /// `clock` drives only the server's long-poll; the backends and agents run on real time. With
+    /// `dataPlane`, payloads live in that store in HTC-Grid's layout (the store holds the encoded values).
+    init(configuration: ServerConfiguration = ServerConfiguration(), dataPlane: InMemoryPayloadStore? = nil) {
+        let payloads: any PayloadStore = dataPlane.map { HTCGridPayloadStore($0) } ?? InMemoryPayloadStore()
+        backends = GridBackends(queue: InMemoryTaskQueue(), state: InMemoryStateStore(), payloads: payloads)
         clock = ManualClock()
         api = GridAPI(client: GridClient(backends: backends), configuration: configuration, clock: clock)
     }
 
     /// The server on this grid; `port: 0` picks a free port for live tests. It binds 127.0.0.1 only.
-    func application(auth: AuthMode = .none, logger: Logger? = nil) -> some ApplicationProtocol {
+    func application(auth: AuthMode = .none, htcgrid: HTCGridCompatibility? = nil, logger: Logger? = nil) -> some ApplicationProtocol {
         Application(
-            router: api.makeRouter(auth: auth),
+            router: api.makeRouter(auth: auth, htcgrid: htcgrid),
             configuration: ApplicationConfiguration(address: .hostname("127.0.0.1", port: 0)),
             logger: logger
         )
@@ -80,11 +82,14 @@ struct TimedOut: Error, CustomStringConvertible {
 }
 
 extension TestClientProtocol {
-    /// Sends a request with an optional JSON body and API key.
-    func send(_ method: HTTPRequest.Method, _ uri: String, json body: String? = nil, key: String? = nil) async throws -> TestResponse {
+    /// Sends a request with an optional JSON body, API key and raw `Authorization` value.
+    func send(
+        _ method: HTTPRequest.Method, _ uri: String, json body: String? = nil, key: String? = nil, authorization: String? = nil
+    ) async throws -> TestResponse {
         var headers: HTTPFields = [:]
         if body != nil { headers[.contentType] = "application/json" }
         if let key { headers[HTTPField.Name("x-api-key")!] = key }
+        if let authorization { headers[.authorization] = authorization }
         return try await execute(uri: uri, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) })
     }
 }
