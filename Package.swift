@@ -77,6 +77,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // The Lambda runtime client of `htc-agent --lambda` (a small HTTP/1.1 client).
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         // The HTTP control plane: routes, authentication and configuration of htc-server.
@@ -100,7 +104,14 @@ let package = Package(
         .testTarget(name: "GridKernelTests", dependencies: ["GridKernel", "GridKernelConformance"]),
         .testTarget(name: "GridSQLiteTests", dependencies: ["GridSQLite", "GridKernel", "GridKernelConformance"]),
         .testTarget(name: "GridRedisTests", dependencies: ["GridRedis", "GridKernel", "GridKernelConformance"]),
-        .testTarget(name: "HTCCoreTests", dependencies: ["HTCCore", "GridKernel", "GridPlugins"]),
+        .testTarget(
+            name: "HTCCoreTests",
+            dependencies: [
+                "HTCCore", "GridKernel", "GridPlugins",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
         .testTarget(
             name: "HTCServerTests",
             dependencies: [

@@ -18,7 +18,16 @@ public struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Run this shell command per task: input on stdin, output from stdout (env HTC_EXEC). Without it the agent echoes its input.")
     var exec: String?
 
-    @Option(help: "Tasks run at once (env HTC_CONCURRENCY, default 8).")
+    @Option(help: "Invoke this AWS Lambda Runtime Interface Emulator per task, e.g. http://localhost:8080: the input is the event, the response the output (env HTC_LAMBDA or LAMBDA_ENDPOINT_URL).")
+    var lambda: String?
+
+    @Option(help: "Function name in the invocation path, for --lambda (env HTC_LAMBDA_FUNCTION or LAMBDA_FONCTION_NAME, default function).")
+    var lambdaFunction: String?
+
+    @Option(help: "Seconds an invocation may take before it fails and is retried, for --lambda (env HTC_LAMBDA_TIMEOUT, default 2000).")
+    var lambdaTimeout: Double?
+
+    @Option(help: "Tasks run at once (env HTC_CONCURRENCY, default 8; 1 with --lambda, as the emulator runs one invocation at a time).")
     var concurrency: Int?
 
     @Option(help: "Agent id stored as the task owner (env HTC_AGENT_ID or MY_POD_NAME; default host-pid-random).")
@@ -52,12 +61,7 @@ public struct AgentCommand: AsyncParsableCommand {
         LoggingSetup.bootstrap(level: try grid.level(environment))
         let logger = Logger(label: "htc.agent")
         let settings = try agentConfiguration(environment)
-        let handler: any TaskHandler
-        if let command = exec ?? environment.string("HTC_EXEC") {
-            handler = try ExecHandler(command: command)
-        } else {
-            handler = EchoHandler()
-        }
+        let handler = try makeHandler(environment)
         let backends = try await grid.makeBackends(logger: logger)
         var configuration = settings.agent
         let recorder = try (recordRuns ?? environment.string("HTC_RECORD_RUNS")).map(RunRecorder.init(path:))
@@ -77,11 +81,32 @@ public struct AgentCommand: AsyncParsableCommand {
         recorder?.close()
     }
 
+    /// The Lambda emulator URL from `--lambda` or the environment.
+    private func lambdaURL(_ environment: Environment) -> String? {
+        lambda ?? environment.string("HTC_LAMBDA") ?? environment.string("LAMBDA_ENDPOINT_URL")
+    }
+
+    /// The task handler: `--lambda`, `--exec`, or the echo handler.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for both `--lambda` and `--exec`, or a bad value.
+    func makeHandler(_ environment: Environment) throws -> any TaskHandler {
+        let command = exec ?? environment.string("HTC_EXEC")
+        if let url = lambdaURL(environment) {
+            guard command == nil else { throw GridError.invalidArgument("give either --lambda or --exec, not both") }
+            let function = lambdaFunction ?? environment.string("HTC_LAMBDA_FUNCTION") ?? environment.string("LAMBDA_FONCTION_NAME") ?? "function"
+            let seconds = try lambdaTimeout ?? environment.seconds("HTC_LAMBDA_TIMEOUT") ?? 2_000
+            return try LambdaHandler(url: url, function: function, timeout: Duration(timeInterval: seconds))
+        }
+        if let command { return try ExecHandler(command: command) }
+        return EchoHandler()
+    }
+
     func agentConfiguration(_ environment: Environment) throws -> (agent: AgentConfiguration, reaperInterval: Duration?) {
         var configuration = AgentConfiguration()
         if let name = id ?? environment.string("HTC_AGENT_ID") ?? environment.string("MY_POD_NAME") {
             configuration.id = AgentID(name)
         }
+        if lambdaURL(environment) != nil { configuration.concurrency = 1 }
         if let value = try concurrency ?? environment.int("HTC_CONCURRENCY") { configuration.concurrency = value }
         if let value = try leaseBatch ?? environment.int("HTC_LEASE_BATCH") { configuration.leaseBatchSize = value }
         if let value = try leaseDuration ?? environment.seconds("HTC_LEASE_DURATION") {
