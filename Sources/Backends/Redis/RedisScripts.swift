@@ -235,7 +235,6 @@ enum RedisScripts {
           local s = redis.call('HGET', k, 's')
           if not live(s) then return nil end
           redis.call('HSET', k, 's', 'cancelled', 'c', at)
-          redis.call('HDEL', k, 'o', 'l')
           redis.call('ZREM', base..':leases', i)
           move(i, s, 'cancelled')
           return s
@@ -256,7 +255,56 @@ enum RedisScripts {
         local c = redis.call('HGET', info, 'cancelled')
         if not c then return -1 end
         if c == '1' then return -2 end
+        -- A session kept for its retention period takes tasks again: its keys no longer expire.
+        if redis.call('TTL', info) >= 0 then
+          redis.call('PERSIST', info)
+          redis.call('PERSIST', base..':leases')
+          for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+            redis.call('PERSIST', base..':state:'..state)
+          end
+        end
         return redis.call('HINCRBY', info, 'count', ARGV[1])
+        """)
+
+    /// Whether a session is complete: every reserved index has a terminal task. Returns 1 when it is
+    /// and its keys do not expire yet, else 0.
+    static let complete = RedisScript(name: "state.complete", source: prelude + """
+        local info = base..':info'
+        if redis.call('TTL', info) ~= -1 then return 0 end
+        local count = tonumber(redis.call('HGET', info, 'count') or '0')
+        local terminal = 0
+        for _, state in ipairs({'finished', 'failed', 'cancelled'}) do
+          terminal = terminal + redis.call('ZCARD', base..':state:'..state)
+        end
+        if terminal >= count then return 1 end
+        return 0
+        """)
+
+    /// ARGV: seconds, state, first rank, count. Sets the expiry of up to `count` task records of one
+    /// terminal state, by rank. Returns how many it set.
+    static let expireTasks = RedisScript(name: "state.expireTasks", source: prelude + """
+        local first = tonumber(ARGV[3])
+        local ids = redis.call('ZRANGE', base..':state:'..ARGV[2], first, first + tonumber(ARGV[4]) - 1)
+        for _, i in ipairs(ids) do redis.call('EXPIRE', tkey(i), ARGV[1]) end
+        return #ids
+        """)
+
+    /// ARGV: seconds. Sets the expiry of the session's info and index keys if it is still complete
+    /// (no submission came in meanwhile). Returns 1 if it did.
+    static let expireSession = RedisScript(name: "state.expireSession", source: prelude + """
+        local info = base..':info'
+        local count = tonumber(redis.call('HGET', info, 'count') or '0')
+        local terminal = 0
+        for _, state in ipairs({'finished', 'failed', 'cancelled'}) do
+          terminal = terminal + redis.call('ZCARD', base..':state:'..state)
+        end
+        if terminal < count then return 0 end
+        redis.call('EXPIRE', info, ARGV[1])
+        redis.call('EXPIRE', base..':leases', ARGV[1])
+        for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+          redis.call('EXPIRE', base..':state:'..state, ARGV[1])
+        end
+        return 1
         """)
 
     /// ARGV: groups (index, state, lease score or "", field count, fields…). Existing tasks are left alone.
@@ -295,16 +343,26 @@ enum RedisScripts {
         for n = 5, #ARGV do
           local i = ARGV[n]
           local k = tkey(i)
-          local f = redis.call('HMGET', k, 's', 'o', 'ct')
-          if (f[1] == 'pending' and not f[2]) or (f[1] == 'processing' and f[2] == owner and f[3] == call) then
+          -- One read of the whole record serves both the condition and the reply: the fields the
+          -- claim writes are appended to it, and the reader lets a later field win.
+          local f = redis.call('HGETALL', k)
+          local s, o, ct
+          for j = 1, #f, 2 do
+            local name = f[j]
+            if name == 's' then s = f[j + 1] elseif name == 'o' then o = f[j + 1] elseif name == 'ct' then ct = f[j + 1] end
+          end
+          if (s == 'pending' and not o) or (s == 'processing' and o == owner and ct == call) then
             redis.call('HSET', k, 's', 'processing', 'o', owner, 'l', lease, 'st', now, 'ct', call)
             won[#won + 1] = i
             processing[#processing + 1] = i
             processing[#processing + 1] = i
             leases[#leases + 1] = lease
             leases[#leases + 1] = i
+            local m = #f
+            f[m + 1] = 's'; f[m + 2] = 'processing'; f[m + 3] = 'o'; f[m + 4] = owner
+            f[m + 5] = 'l'; f[m + 6] = lease; f[m + 7] = 'st'; f[m + 8] = now
             out[#out + 1] = i
-            out[#out + 1] = redis.call('HGETALL', k)
+            out[#out + 1] = f
           end
         end
         bulk('ZREM', base..':state:pending', won)
@@ -339,11 +397,11 @@ enum RedisScripts {
           local k = tkey(i)
           local f = redis.call('HMGET', k, 's', 'o')
           if f[1] == 'processing' and f[2] == owner then
+            -- The owner and lease fields stay behind: a terminal record has neither (readers drop
+            -- them), and leaving them saves an HDEL per task. A processing task never has 'out'.
             if ARGV[n + 1] == '1' then
-              redis.call('HDEL', k, 'o', 'l')
               redis.call('HSET', k, 's', 'finished', 'c', at, 'out', ARGV[n + 2])
             else
-              redis.call('HDEL', k, 'o', 'l', 'out')
               redis.call('HSET', k, 's', 'finished', 'c', at)
             end
             finished[#finished + 1] = i
@@ -399,7 +457,6 @@ enum RedisScripts {
           local s = redis.call('HGET', k, 's')
           if live(s) then
             redis.call('HSET', k, 's', 'failed', 'c', at, 'e', ARGV[n + 1])
-            redis.call('HDEL', k, 'o', 'l')
             redis.call('ZREM', base..':leases', i)
             move(i, s, 'failed')
             out[#out + 1] = i
@@ -432,6 +489,33 @@ enum RedisScripts {
           end
         end
         return {p, r}
+        """)
+
+    /// ARGV: limit. Deletes up to `limit` task records of the session; once none is left, deletes the
+    /// session's info and index keys too. Returns {removed, done (1/0)}, or {-1} for an unknown session.
+    /// The caller repeats the call until done, so that no single call blocks Redis for long.
+    static let deleteSession = RedisScript(name: "state.deleteSession", source: prelude + """
+        local info = base..':info'
+        if redis.call('EXISTS', info) == 0 then return {-1} end
+        local limit = tonumber(ARGV[1])
+        local removed = 0
+        for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+          local index = base..':state:'..state
+          while removed < limit do
+            local ids = redis.call('ZRANGE', index, 0, math.min(999, limit - removed - 1))
+            if #ids == 0 then break end
+            local keys = {}
+            for j, i in ipairs(ids) do keys[j] = tkey(i) end
+            redis.call('DEL', unpack(keys))
+            redis.call('ZREM', index, unpack(ids))
+            removed = removed + #ids
+          end
+        end
+        if removed < limit then
+          redis.call('DEL', info, base..':leases')
+          return {removed, 1}
+        end
+        return {removed, 0}
         """)
 
     /// ARGV: state, lower bound (exclusive "(n" or "-inf"), count. Returns pairs (index, HGETALL).

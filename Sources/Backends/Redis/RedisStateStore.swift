@@ -69,8 +69,13 @@ public struct RedisStateStore: StateStore {
         let ids = Array(listed.prefix(limit))
         let replies = try await client.send(ids.map { RedisCommand("HGETALL", base($0) + ":info") }, idempotent: true)
         var items: [SessionRecord] = []
+        var expired: [String] = []
         for (id, reply) in zip(ids, replies) {
-            if let record = try Self.session(id, try reply.checked()) { items.append(record) }
+            if let record = try Self.session(id, try reply.checked()) { items.append(record) } else { expired.append(id.rawValue) }
+        }
+        if !expired.isEmpty {
+            // Sessions whose keys expired after their retention period leave the list here.
+            _ = try? await client.send([RedisCommand(bytes: [Array("ZREM".utf8), Array(RedisKeys.sessions(prefix: prefix).utf8)] + expired.map { Array($0.utf8) })], idempotent: true)
         }
         return Page(items: items, next: listed.count > limit ? ids.last?.rawValue : nil)
     }
@@ -102,7 +107,30 @@ public struct RedisStateStore: StateStore {
             RedisScriptCall(script: RedisScripts.cancelSession, keys: [base(id)], arguments: [RedisKeys.bytes(at)])
         ])[0].elements.map { $0.int ?? 0 }
         guard reply.count == 2 else { throw GridError.notFound("session '\(id)' does not exist", backend: Self.backend) }
+        await retire([id])
         return CancelCounts(pending: reply[0], processing: reply[1])
+    }
+
+    /// Removes the session and its task records, 10,000 records per script call so that Redis is
+    /// never blocked for long; then removes it from the session list.
+    ///
+    /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.
+    public func deleteSession(_ id: SessionID) async throws -> Int {
+        var removed = 0
+        while true {
+            let reply = try await client.run([
+                RedisScriptCall(script: RedisScripts.deleteSession, keys: [base(id)], arguments: [RedisKeys.bytes(10_000)])
+            ])[0].elements.map { $0.int ?? 0 }
+            guard reply.count == 2 else {
+                // A repeated call after a dropped reply finds the session gone: report what this call saw.
+                if removed > 0 { break }
+                throw GridError.notFound("session '\(id)' does not exist", backend: Self.backend)
+            }
+            removed += reply[0]
+            if reply[1] == 1 { break }
+        }
+        _ = try await client.send([RedisCommand("ZREM", RedisKeys.sessions(prefix: prefix), id.rawValue)], idempotent: true)[0].checked()
+        return removed
     }
 
     // MARK: Tasks
@@ -159,7 +187,9 @@ public struct RedisStateStore: StateStore {
             }
             return (RedisScripts.finish, arguments)
         }
-        return try await indices(calls)
+        let finished = try await indices(calls)
+        await retire(completions.map(\.id.session))
+        return finished
     }
 
     /// Records failed runs of the tasks `owner` still runs, by the retry rule.
@@ -176,7 +206,9 @@ public struct RedisStateStore: StateStore {
             }
             return (RedisScripts.fail, arguments)
         }
-        return try await states(calls)
+        let states = try await states(calls)
+        if states.values.contains(.failed) { await retire(failures.map(\.id.session)) }
+        return states
     }
 
     /// Reaps the tasks whose lease expired before `now`.
@@ -184,7 +216,9 @@ public struct RedisStateStore: StateStore {
     /// - Throws: ``GridError/Code/unavailable``.
     public func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState] {
         let calls = chunked(ids, by: \.self) { (RedisScripts.expire, [RedisKeys.bytes(now)] + $0.map { RedisKeys.bytes($0.index) }) }
-        return try await states(calls)
+        let states = try await states(calls)
+        if states.values.contains(.failed) { await retire(ids.map(\.session)) }
+        return states
     }
 
     /// Fails the tasks that are not terminal.
@@ -199,7 +233,9 @@ public struct RedisStateStore: StateStore {
             }
             return (RedisScripts.forceFail, arguments)
         }
-        return try await indices(calls)
+        let failed = try await indices(calls)
+        await retire(failures.map(\.id.session))
+        return failed
     }
 
     /// Cancels the tasks that are not terminal.
@@ -214,6 +250,7 @@ public struct RedisStateStore: StateStore {
             counts.pending += values[0]
             counts.processing += values[1]
         }
+        await retire(ids.map(\.session))
         return counts
     }
 
@@ -279,6 +316,42 @@ public struct RedisStateStore: StateStore {
         }
         found.sort { ($0.leaseExpiry ?? .distantPast, $0.id) < ($1.leaseExpiry ?? .distantPast, $1.id) }
         return Array(found.prefix(limit))
+    }
+
+    // MARK: Retention
+
+    /// With a retention period, sets the expiry of every key of each session that is now complete
+    /// (every reserved index terminal): task records 10,000 per script call, then the session's info
+    /// and indexes, which a submission arriving meanwhile keeps alive (the last script checks again,
+    /// and `reserveTaskIndices` removes expiries). Best effort: a failure here leaves the keys in place
+    /// (nothing is lost) and the next transition of the session tries again.
+    private func retire(_ sessions: [SessionID]) async {
+        guard let retention = client.settings.retention else { return }
+        let seconds = RedisKeys.bytes(Int(retention.components.seconds))
+        var seen = Set<SessionID>()
+        for session in sessions where seen.insert(session).inserted {
+            let key = [base(session)]
+            do {
+                guard try await client.run([RedisScriptCall(script: RedisScripts.complete, keys: key, arguments: [])])[0].int == 1 else {
+                    continue
+                }
+                for state in [TaskState.finished, .failed, .cancelled] {
+                    var first = 0
+                    while true {
+                        let call = RedisScriptCall(
+                            script: RedisScripts.expireTasks, keys: key,
+                            arguments: [seconds, Array(state.rawValue.utf8), RedisKeys.bytes(first), RedisKeys.bytes(10_000)]
+                        )
+                        let done = try await client.run([call], idempotent: true)[0].int ?? 0
+                        first += done
+                        if done < 10_000 { break }
+                    }
+                }
+                _ = try await client.run([RedisScriptCall(script: RedisScripts.expireSession, keys: key, arguments: [seconds])], idempotent: true)
+            } catch {
+                continue
+            }
+        }
     }
 
     // MARK: Encoding
@@ -368,23 +441,62 @@ public struct RedisStateStore: StateStore {
     }
 
     /// A record from `HGETALL`; `nil` for an empty hash (no such task).
+    ///
+    /// The pairs are read in order and a later field wins (the claim script appends the fields it
+    /// wrote). A terminal record has no owner or lease, whatever fields the transitions left behind.
     static func record(_ id: TaskID, _ reply: RedisValue) throws -> TaskRecord? {
         let items = reply.elements
         guard !items.isEmpty else { return nil }
-        var map: [String: RedisValue] = [:]
+        var fields = TaskFields()
         for start in stride(from: 0, to: items.count - 1, by: 2) {
-            if let name = items[start].string { map[name] = items[start + 1] }
+            guard case .bytes(let name) = items[start] else { continue }
+            fields.set(name, items[start + 1])
         }
-        guard let state = map["s"]?.string.flatMap(TaskState.init(rawValue:)), let submitted = RedisKeys.date(map["sub"]?.string) else {
+        guard let state = fields.state.string.flatMap(TaskState.init(rawValue:)), let submitted = RedisKeys.date(fields.submitted.string) else {
             throw GridError(.internalError, "task '\(id)' is stored malformed in Redis", backend: backend)
         }
+        let live = !state.isTerminal
         return TaskRecord(
-            id: id, state: state, owner: map["o"]?.string.map(AgentID.init), leaseExpiry: RedisKeys.date(map["l"]?.string),
-            retries: map["r"]?.int ?? 0, maxRetries: map["m"]?.int ?? SessionOptions.defaultMaxRetries, priority: map["p"]?.int ?? 0,
-            timeout: map["to"]?.string.flatMap(Double.init).map { Duration(timeInterval: $0) }, submittedAt: submitted,
-            startedAt: RedisKeys.date(map["st"]?.string), completedAt: RedisKeys.date(map["c"]?.string), lastError: map["e"]?.string,
-            output: map["out"]?.bytes
+            id: id, state: state, owner: live ? fields.owner.string.map(AgentID.init) : nil,
+            leaseExpiry: live ? RedisKeys.date(fields.lease.string) : nil,
+            retries: fields.retries.int ?? 0, maxRetries: fields.maxRetries.int ?? SessionOptions.defaultMaxRetries,
+            priority: fields.priority.int ?? 0,
+            timeout: fields.timeout.string.flatMap(Double.init).map { Duration(timeInterval: $0) }, submittedAt: submitted,
+            startedAt: RedisKeys.date(fields.started.string), completedAt: RedisKeys.date(fields.completed.string),
+            lastError: fields.lastError.string, output: fields.output.bytes
         )
+    }
+
+    /// A task hash's fields by name, matched on their bytes (no dictionary, no hashing).
+    private struct TaskFields {
+        var state = RedisValue.null, owner = RedisValue.null, lease = RedisValue.null, retries = RedisValue.null
+        var maxRetries = RedisValue.null, priority = RedisValue.null, timeout = RedisValue.null
+        var submitted = RedisValue.null, started = RedisValue.null, completed = RedisValue.null
+        var lastError = RedisValue.null, output = RedisValue.null
+
+        mutating func set(_ name: [UInt8], _ value: RedisValue) {
+            switch name.count {
+            case 1:
+                switch name[0] {
+                case UInt8(ascii: "s"): state = value
+                case UInt8(ascii: "o"): owner = value
+                case UInt8(ascii: "l"): lease = value
+                case UInt8(ascii: "r"): retries = value
+                case UInt8(ascii: "m"): maxRetries = value
+                case UInt8(ascii: "p"): priority = value
+                case UInt8(ascii: "c"): completed = value
+                case UInt8(ascii: "e"): lastError = value
+                default: break
+                }
+            case 2:
+                if name == Self.to { timeout = value } else if name == Self.st { started = value }
+            case 3:
+                if name == Self.sub { submitted = value } else if name == Self.out { output = value }
+            default: break
+            }
+        }
+
+        private static let to = Array("to".utf8), st = Array("st".utf8), sub = Array("sub".utf8), out = Array("out".utf8)
     }
 
     /// Records from a script's `(index, HGETALL)` pairs.
