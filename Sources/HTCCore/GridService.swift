@@ -40,6 +40,12 @@ public protocol GridService: Sendable {
     /// - Throws: ``GridKernel/GridError/Code/notFound``; ``GridKernel/GridError/Code/unavailable``.
     func cancel(_ session: SessionID) async throws -> CancelCounts
 
+    /// Deletes a session: cancels it, removes its records and its payloads; returns how many task
+    /// records were removed.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/notFound``; ``GridKernel/GridError/Code/unavailable``.
+    func deleteSession(_ session: SessionID) async throws -> Int
+
     /// Waits until every task of the session is terminal, polling its counts.
     ///
     /// - Throws: ``GridKernel/GridError/Code/timeout``; ``GridKernel/GridError/Code/unavailable``; `CancellationError`.

@@ -111,6 +111,13 @@ public struct RemoteGridClient: GridService {
         return CancelCounts(pending: body.cancelled_pending, processing: body.cancelled_processing)
     }
 
+    /// Deletes a session with its tasks and payloads.
+    ///
+    /// - Throws: what the server answers.
+    public func deleteSession(_ session: SessionID) async throws -> Int {
+        try await send("DELETE", "/v1/sessions/\(session.rawValue)", as: DeleteBody.self).deleted_tasks
+    }
+
     /// Waits until every task is terminal, polling the session's counts.
     ///
     /// - Throws: ``GridKernel/GridError/Code/timeout``; what the server answers; `CancellationError`.
@@ -208,6 +215,10 @@ private struct SubmitBody: Decodable {
 private struct CancelBody: Decodable {
     var cancelled_pending: Int
     var cancelled_processing: Int
+}
+
+private struct DeleteBody: Decodable {
+    var deleted_tasks: Int
 }
 
 private struct ErrorBody: Decodable {

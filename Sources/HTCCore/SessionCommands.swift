@@ -218,6 +218,32 @@ struct CancelCommand: AsyncParsableCommand {
     }
 }
 
+/// `htc delete SESSION`: deletes a session with its tasks and payloads.
+struct DeleteCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "delete", abstract: "Delete a session: cancel it, then remove its tasks and their inputs and outputs."
+    )
+
+    struct Deleted: Encodable {
+        var session_id: String
+        var deleted_tasks: Int
+    }
+
+    @OptionGroup var options: ClientOptions
+    @Argument(help: "The session id.") var session: String
+
+    func run() async throws {
+        let client = try await options.makeClient()
+        let id = try parseSession(session)
+        let removed = try await client.deleteSession(id)
+        if options.json {
+            try printJSON(Deleted(session_id: id.rawValue, deleted_tasks: removed))
+        } else {
+            print("deleted session \(id) and its \(removed.grouped) tasks")
+        }
+    }
+}
+
 /// `htc sessions`: lists sessions (through `--server`, only the caller's).
 struct SessionsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "sessions", abstract: "List sessions in id order.")

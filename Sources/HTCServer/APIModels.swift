@@ -216,6 +216,17 @@ struct CancelBody: Encodable {
     }
 }
 
+/// The answer to a delete: how many task records were removed.
+struct DeleteBody: Encodable {
+    var sessionID: SessionID
+    var deletedTasks: Int
+
+    enum CodingKeys: String, CodingKey {
+        case sessionID = "session_id"
+        case deletedTasks = "deleted_tasks"
+    }
+}
+
 /// `GET /healthz` and `GET /readyz`.
 struct HealthBody: Encodable {
     var status: String

@@ -60,6 +60,7 @@ public struct GridAPI: Sendable {
         v1.get("sessions") { request, context in try await self.listSessions(request, context) }
         v1.get("sessions/{session_id}") { _, context in try await self.getSession(context) }
         v1.post("sessions/{session_id}/cancel") { _, context in try await self.cancelSession(context) }
+        v1.delete("sessions/{session_id}") { _, context in try await self.deleteSession(context) }
         v1.post("sessions/{session_id}/tasks") { request, context in try await self.submitTasks(request, context) }
         v1.get("sessions/{session_id}/results") { request, context in try await self.results(request, context) }
         v1.get("tasks/{task_id}") { _, context in try await self.getTask(context) }
@@ -149,6 +150,13 @@ public struct GridAPI: Sendable {
         return try Self.json(
             CancelBody(sessionID: record.id, cancelledPending: counts.pending, cancelledProcessing: counts.processing, totalCancelled: counts.total)
         )
+    }
+
+    private func deleteSession(_ context: ServerRequestContext) async throws -> Response {
+        let record = try await ownedSession(context)
+        let removed = try await client.deleteSession(record.id)
+        metrics.sessionsDeleted.increment()
+        return try Self.json(DeleteBody(sessionID: record.id, deletedTasks: removed))
     }
 
     // MARK: - Tasks

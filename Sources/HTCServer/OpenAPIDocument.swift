@@ -107,6 +107,23 @@ paths:
               schema: { $ref: "#/components/schemas/Session" }
         "401": { $ref: "#/components/responses/Error" }
         "404": { $ref: "#/components/responses/Error" }
+    delete:
+      summary: Delete a session - cancel it, then remove its tasks and their inputs and outputs from the payload store.
+      parameters: [{ $ref: "#/components/parameters/SessionID" }]
+      responses:
+        "200":
+          description: How many task records were removed.
+          content:
+            application/json:
+              schema:
+                type: object
+                additionalProperties: false
+                required: [session_id, deleted_tasks]
+                properties:
+                  session_id: { type: string }
+                  deleted_tasks: { type: integer }
+        "401": { $ref: "#/components/responses/Error" }
+        "404": { $ref: "#/components/responses/Error" }
   /v1/sessions/{session_id}/cancel:
     post:
       summary: Cancel a session; later submissions are refused.

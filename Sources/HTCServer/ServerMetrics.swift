@@ -8,6 +8,8 @@ public enum ServerMetricName {
     public static var sessionsCreated: String { Descriptor.sessionsCreated.name }
     /// Counter: sessions cancelled.
     public static var sessionsCancelled: String { Descriptor.sessionsCancelled.name }
+    /// Counter: sessions deleted.
+    public static var sessionsDeleted: String { Descriptor.sessionsDeleted.name }
     /// Counter: tasks accepted by submissions.
     public static var tasksSubmitted: String { Descriptor.tasksSubmitted.name }
     /// Histogram: time to store one submission batch, in seconds.
@@ -23,6 +25,7 @@ public enum ServerMetricName {
     enum Descriptor {
         static var sessionsCreated: MetricNameDescriptor { server("sessions_created", unit: "total", help: "Sessions created.") }
         static var sessionsCancelled: MetricNameDescriptor { server("sessions_cancelled", unit: "total", help: "Sessions cancelled.") }
+        static var sessionsDeleted: MetricNameDescriptor { server("sessions_deleted", unit: "total", help: "Sessions deleted.") }
         static var tasksSubmitted: MetricNameDescriptor { server("tasks_submitted", unit: "total", help: "Tasks accepted by submissions.") }
         static var submitDuration: MetricNameDescriptor {
             server("submit_duration", unit: "seconds", help: "Time to store one submission batch.")
@@ -53,6 +56,7 @@ public final class ServerMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     let sessionsCreated: Counter
     let sessionsCancelled: Counter
+    let sessionsDeleted: Counter
     let tasksSubmitted: Counter
     let submitDuration: DurationHistogram
     private let results: [TaskState: Counter]
@@ -65,6 +69,7 @@ public final class ServerMetrics: Sendable {
         self.registry = registry
         sessionsCreated = registry.makeCounter(descriptor: ServerMetricName.Descriptor.sessionsCreated)
         sessionsCancelled = registry.makeCounter(descriptor: ServerMetricName.Descriptor.sessionsCancelled)
+        sessionsDeleted = registry.makeCounter(descriptor: ServerMetricName.Descriptor.sessionsDeleted)
         tasksSubmitted = registry.makeCounter(descriptor: ServerMetricName.Descriptor.tasksSubmitted)
         submitDuration = registry.makeDurationHistogram(
             descriptor: ServerMetricName.Descriptor.submitDuration,

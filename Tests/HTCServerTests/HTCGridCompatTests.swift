@@ -109,6 +109,10 @@ import Testing
                 let stored = try await dataPlane.get("\(id)-output")
                 #expect(decodeBase64(String(decoding: stored, as: UTF8.self)) == Self.event(index))
             }
+            // Deleting the session through API v1 clears HTC-Grid's keys from the data plane too.
+            #expect(try await client.send(.delete, "/v1/sessions/\(session)", key: "key-acme").status == .ok)
+            let keys = body.task_ids.flatMap { ["\($0)-input", "\($0)-output"] } + ["\(session)-payload"]
+            #expect(try await dataPlane.get(keys).isEmpty)
         }
     }
 

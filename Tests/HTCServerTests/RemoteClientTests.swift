@@ -51,6 +51,8 @@ import Testing
             #expect(try await remote.counts(session.id)[.finished] == 4)
             #expect(try await remote.cancel(session.id) == CancelCounts())
             #expect(try await remote.session(session.id).cancelled)
+            #expect(try await remote.deleteSession(session.id) == 4)
+            await #expect(throws: GridError.self) { try await remote.session(session.id) }
         }
     }
 

@@ -57,6 +57,32 @@ import Testing
         }
     }
 
+    @Test func deleteRemovesTheSessionItsTasksAndTheirPayloads() async throws {
+        let grid = TestGrid()
+        try await grid.application(auth: .apiKeys(try AuthTests.keys())).test(.router) { client in
+            let session = try await client.send(.post, "/v1/sessions", json: "{}", key: "key-acme").decode(SessionJSON.self)
+            // 10 KiB is over the inline limits of the client and the agent: input and output go to the payload store.
+            let large = String(repeating: "x", count: 10 * 1024)
+            let tasks = #"{"tasks": [{"payload_base64": "\#(base64("small"))"}, {"payload_base64": "\#(base64(large))"}]}"#
+            let ids = try await client.send(.post, "/v1/sessions/\(session.id)/tasks", json: tasks, key: "key-acme").decode(SubmitJSON.self).task_ids
+            try await withAgent(try grid.agent()) {
+                try await waitUntil("both tasks finished") { try await grid.backends.state.counts(SessionID(session.id))[.finished] == 2 }
+            }
+            let keys = ids.flatMap { ["\($0)-input", "\($0)-output"] }
+            #expect(try await grid.backends.payloads.get(keys).keys.sorted() == ["\(ids[1])-input", "\(ids[1])-output"])
+
+            #expect(try await client.send(.delete, "/v1/sessions/\(session.id)", key: "key-globex").status == .notFound)
+            let deleted = try await client.send(.delete, "/v1/sessions/\(session.id)", key: "key-acme")
+            #expect(deleted.status == .ok, "\(deleted.text)")
+            try HTCGridCompatTests.expectDocumented(deleted, "DELETE", "/v1/sessions/{session_id}")
+            #expect(deleted.text == #"{"deleted_tasks":2,"session_id":"\#(session.id)"}"#)
+            #expect(try await client.send(.get, "/v1/sessions/\(session.id)", key: "key-acme").status == .notFound)
+            #expect(try await client.send(.get, "/v1/tasks/\(ids[0])", key: "key-acme").status == .notFound)
+            #expect(try await grid.backends.payloads.get(keys).isEmpty)
+            #expect(try await client.send(.delete, "/v1/sessions/\(session.id)", key: "key-acme").status == .notFound)
+        }
+    }
+
     @Test func emptyBodyCreatesASessionWithDefaults() async throws {
         let grid = TestGrid()
         try await grid.application().test(.router) { client in
