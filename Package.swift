@@ -32,7 +32,7 @@ let package = Package(
         // The model, the four backend protocols, the engine and the in-memory reference backends.
         .target(
             name: "GridKernel",
-            dependencies: [.product(name: "Logging", package: "swift-log")]
+            dependencies: [.product(name: "Logging", package: "swift-log"), .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
         // The public conformance suites every backend runs.
         .target(
@@ -77,6 +77,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // `htc-agent --metrics-listen`: the kernel's counters at /metrics.
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 // The Lambda runtime client of `htc-agent --lambda` (a small HTTP/1.1 client).
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

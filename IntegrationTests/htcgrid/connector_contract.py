@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -321,7 +322,11 @@ def main():
         private_url = server("--auth", "api-key", "--api-keys", f"{directory}/keys")
         public_url = server("--auth", "jwt", "--jwks", f"{directory}/jwks.json", "--jwt-issuer", pool.issuer,
                             "--jwt-audience", pool.client_id, "--jwt-tenant-claim", "cognito:username")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            metrics_port = probe.getsockname()[1]
         agent = Process([f"{args.bin}/htc-agent", "--grid", grid, "--payload", payload_url,
+                         "--metrics-listen", f"127.0.0.1:{metrics_port}",
                          "--lambda", f"http://127.0.0.1:{emulator.server_address[1]}", "--concurrency", "2",
                          "--heartbeat-interval", "0.2", "--lease-duration", "5", "--retry-delay", "0.05", "--log-level", "warning"])
         processes.append(agent)
@@ -393,6 +398,27 @@ def main():
         expect(json.loads(base64.b64decode(data_plane.get(f"{session}_3-input"))) == {"x": 3}, "the input key changed")
         expect(base64.b64decode(data_plane.get(f"{session}_3-output")).decode() == "9", "the output is not base64(text)")
         expect(json.loads(base64.urlsafe_b64decode(data_plane.get(f"{session}-payload")))["session_id"] == session, "the payload changed")
+
+        # 7. Metrics: the agent's run outcomes, the servers' submissions and the tasks by state.
+        def scrape(url):
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return response.read().decode()
+
+        def sample(text, name):
+            match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+            expect(match is not None, f"{name} is not in the metrics:\n{text}")
+            return float(match.group(1))
+
+        agent_metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        for outcome, count in [("finished", 14), ("failed", 1), ("retried", 5), ("discarded", 2)]:
+            value = sample(agent_metrics, f'htc_task_outcomes_total{{outcome="{outcome}"}}')
+            expect(value == count, f"the agent counted {value} {outcome} runs, expected {count}")
+        expect(sample(agent_metrics, 'htc_task_retries_total{cause="failure"}') == 5, "retries after failures")
+        server_metrics = scrape(private_url.removesuffix("/v1") + "/metrics")
+        expect(sample(server_metrics, "htc_tasks_submitted_total") == 16, "the private server's submissions")
+        for state, count in [("finished", 14), ("failed", 1), ("cancelled", 3), ("pending", 0), ("processing", 0)]:
+            expect(sample(server_metrics, f'htc_tasks{{state="{state}"}}') == count, f"htc_tasks{{state={state}}}")
+        print("ok: metrics of the agent (run outcomes, retries) and of the server (submissions, tasks by state)")
 
         for process in processes:
             status = process.stop()

@@ -51,6 +51,9 @@ public struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Seconds before a failed task is retried (env HTC_RETRY_DELAY, default 1).")
     var retryDelay: Double?
 
+    @Option(help: "Serve the agent's metrics (Prometheus text) at http://HOST:PORT/metrics, e.g. 0.0.0.0:9100 (env HTC_METRICS_LISTEN; off by default).")
+    var metricsListen: String?
+
     @Option(help: "Append the id of every task whose handler ran to completion to this file (env HTC_RECORD_RUNS; used by htc bench).")
     var recordRuns: String?
 
@@ -60,6 +63,8 @@ public struct AgentCommand: AsyncParsableCommand {
         let environment = Environment()
         LoggingSetup.bootstrap(level: try grid.level(environment))
         let logger = Logger(label: "htc.agent")
+        // Before the agent and the reaper make their counters.
+        let metrics = try (metricsListen ?? environment.string("HTC_METRICS_LISTEN")).map { try MetricsEndpoint.bootstrap(listen: $0, logger: logger) }
         let settings = try agentConfiguration(environment)
         let handler = try makeHandler(environment)
         let backends = try await grid.makeBackends(logger: logger)
@@ -74,6 +79,7 @@ public struct AgentCommand: AsyncParsableCommand {
             let reaper = Reaper(backends: backends, configuration: ReaperConfiguration(interval: interval), logger: logger)
             services.append(.init(service: ReaperService(reaper: reaper)))
         }
+        if let metrics { services.append(.init(service: metrics)) }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )

@@ -87,11 +87,33 @@ public struct GridAPI: Sendable {
         } catch {
             context.logger.warning("cannot read the queue depth for /metrics", metadata: ["error": "\(error)"])
         }
+        do {
+            metrics.tasksByState(try await tasksByState())
+        } catch {
+            context.logger.warning("cannot count the tasks for /metrics", metadata: ["error": "\(error)"])
+        }
         return Response(
             status: .ok,
             headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
             body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer()))
         )
+    }
+
+    /// The tasks per state summed over the first ``ServerConfiguration/metricsSessionLimit`` sessions.
+    private func tasksByState() async throws -> (counts: StateCounts, sessions: Int, complete: Bool) {
+        var total = StateCounts()
+        var cursor: String?
+        var sessions = 0
+        repeat {
+            let page = try await client.backends.state.sessions(after: cursor, limit: min(500, configuration.metricsSessionLimit - sessions))
+            for record in page.items {
+                let counts = try await client.backends.state.counts(record.id)
+                for state in TaskState.allCases { total[state] += counts[state] }
+            }
+            sessions += page.items.count
+            cursor = page.next
+        } while cursor != nil && sessions < configuration.metricsSessionLimit
+        return (total, sessions, cursor == nil)
     }
 
     // MARK: - Sessions

@@ -156,32 +156,3 @@ public struct ServerCommand: AsyncParsableCommand {
         )
     }
 }
-
-/// A `HOST:PORT` listening address.
-struct ListenAddress: CustomStringConvertible, Equatable {
-    var host: String
-    var port: Int
-
-    /// Parses `HOST:PORT` or `[IPV6]:PORT`.
-    ///
-    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` if the text is not of that form.
-    init(_ text: String) throws {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port) else {
-            throw GridError.invalidArgument("--listen \(text) is not HOST:PORT (e.g. 127.0.0.1:8080)")
-        }
-        var host = String(text[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty else { throw GridError.invalidArgument("--listen \(text) has no host (e.g. 127.0.0.1:8080)") }
-        self.host = host
-        self.port = port
-    }
-
-    /// Whether only this machine can connect.
-    var isLoopback: Bool {
-        if host == "localhost" || host == "::1" { return true }
-        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
-    }
-
-    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-}

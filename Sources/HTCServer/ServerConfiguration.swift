@@ -16,6 +16,9 @@ public struct ServerConfiguration: Sendable {
     /// How long a long-poll waits between looks at the state store, at first and at most; the delay
     /// doubles after every empty look. Default 10 ms to 500 ms.
     public var pollBackoff: ClosedRange<Duration>
+    /// `GET /metrics` sums the tasks per state over at most this many sessions (one count query each).
+    /// Default 1,000.
+    public var metricsSessionLimit: Int
 
     /// Creates a configuration with the defaults.
     public init(
@@ -24,7 +27,8 @@ public struct ServerConfiguration: Sendable {
         maxPayloadBytes: Int = 8 * 1024 * 1024,
         inlineOutputLimit: Int = 1024 * 1024,
         maxWait: Duration = .seconds(60),
-        pollBackoff: ClosedRange<Duration> = .milliseconds(10) ... .milliseconds(500)
+        pollBackoff: ClosedRange<Duration> = .milliseconds(10) ... .milliseconds(500),
+        metricsSessionLimit: Int = 1_000
     ) {
         self.maxBodyBytes = maxBodyBytes
         self.maxTasksPerRequest = maxTasksPerRequest
@@ -32,5 +36,6 @@ public struct ServerConfiguration: Sendable {
         self.inlineOutputLimit = inlineOutputLimit
         self.maxWait = maxWait
         self.pollBackoff = pollBackoff
+        self.metricsSessionLimit = metricsSessionLimit
     }
 }

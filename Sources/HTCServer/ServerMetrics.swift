@@ -18,6 +18,11 @@ public enum ServerMetricName {
     public static var resultsReturned: String { Descriptor.resultsReturned.name }
     /// Counter: long-polls, by `outcome` (`data`: something arrived; `empty`: the wait ran out).
     public static var longPolls: String { Descriptor.longPolls.name }
+    /// Gauge: tasks by `state`, summed over the sessions at every scrape (at most
+    /// ``ServerConfiguration/metricsSessionLimit`` sessions).
+    public static var tasks: String { Descriptor.tasks.name }
+    /// Gauge: how many sessions the last `tasks` sum covered, and 1 when that was all of them.
+    public static var tasksSessions: String { Descriptor.tasksSessions.name }
     /// Gauge: messages in the task queue by `priority` and `kind` (`waiting`, `in_flight`), read at
     /// every scrape.
     public static var queueDepth: String { Descriptor.queueDepth.name }
@@ -33,6 +38,15 @@ public enum ServerMetricName {
         static var resultsReturned: MetricNameDescriptor { server("results_returned", unit: "total", help: "Result items returned, by state.") }
         static var longPolls: MetricNameDescriptor {
             server("long_polls", unit: "total", help: "Long-polls, by outcome: data (results arrived) or empty (the wait ran out).")
+        }
+        static var tasks: MetricNameDescriptor {
+            MetricNameDescriptor(namespace: "htc", metricName: "tasks", unitName: "", helpText: "Tasks by state, summed over the sessions at each scrape.")
+        }
+        static var tasksSessions: MetricNameDescriptor {
+            MetricNameDescriptor(
+                namespace: "htc", metricName: "tasks_sessions", unitName: "",
+                helpText: "Sessions counted into htc_tasks (kind=counted) and whether that was all of them (kind=complete, 1 or 0)."
+            )
         }
         static var queueDepth: MetricNameDescriptor {
             MetricNameDescriptor(
@@ -63,6 +77,9 @@ public final class ServerMetrics: Sendable {
     private let longPollsWithData: Counter
     private let longPollsEmpty: Counter
     private let depthGauges = Mutex<[Int: (waiting: Gauge, inFlight: Gauge)]>([:])
+    private let taskGauges: [TaskState: Gauge]
+    private let sessionsCounted: Gauge
+    private let sessionsComplete: Gauge
 
     /// Creates the metrics in `registry`.
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
@@ -83,6 +100,20 @@ public final class ServerMetrics: Sendable {
         self.results = results
         longPollsWithData = registry.makeCounter(descriptor: ServerMetricName.Descriptor.longPolls, labels: [("outcome", "data")])
         longPollsEmpty = registry.makeCounter(descriptor: ServerMetricName.Descriptor.longPolls, labels: [("outcome", "empty")])
+        var taskGauges: [TaskState: Gauge] = [:]
+        for state in TaskState.allCases {
+            taskGauges[state] = registry.makeGauge(descriptor: ServerMetricName.Descriptor.tasks, labels: [("state", state.rawValue)])
+        }
+        self.taskGauges = taskGauges
+        sessionsCounted = registry.makeGauge(descriptor: ServerMetricName.Descriptor.tasksSessions, labels: [("kind", "counted")])
+        sessionsComplete = registry.makeGauge(descriptor: ServerMetricName.Descriptor.tasksSessions, labels: [("kind", "complete")])
+    }
+
+    /// Sets the tasks-by-state gauges.
+    func tasksByState(_ sum: (counts: StateCounts, sessions: Int, complete: Bool)) {
+        for state in TaskState.allCases { taskGauges[state]?.set(to: Double(sum.counts[state])) }
+        sessionsCounted.set(to: Double(sum.sessions))
+        sessionsComplete.set(to: sum.complete ? 1 : 0)
     }
 
     func returned(_ count: Int, state: TaskState) {

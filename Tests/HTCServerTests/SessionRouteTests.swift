@@ -185,6 +185,10 @@ import Testing
             #expect(text.contains("\(ServerMetricName.tasksSubmitted) 3"))
             #expect(text.contains(#"\#(ServerMetricName.resultsReturned){state="pending"} 3"#))
             #expect(text.contains(#"\#(ServerMetricName.queueDepth){priority="7",kind="waiting"} 3"#))
+            #expect(text.contains(#"\#(ServerMetricName.tasks){state="pending"} 3"#))
+            #expect(text.contains(#"\#(ServerMetricName.tasks){state="finished"} 0"#))
+            #expect(text.contains(#"\#(ServerMetricName.tasksSessions){kind="counted"} 1"#))
+            #expect(text.contains(#"\#(ServerMetricName.tasksSessions){kind="complete"} 1"#))
             #expect(text.contains("\(ServerMetricName.submitDuration)_count 1"))
             #expect(!text.contains("acme"), "tenants or keys must not appear in metrics")
         }

@@ -52,6 +52,7 @@ public final class Agent: Sendable {
     private let wake = WakeSignal()
     /// Wakes the flush loop when outcomes are waiting to be stored.
     private let flushes = WakeSignal()
+    private let counters = GridCounters()
 
     /// Creates an agent.
     ///
@@ -348,9 +349,12 @@ public final class Agent: Sendable {
         let now = clock.now
         var acknowledge: [Lease] = []
         var retry: [Lease] = []
+        var finishedCount = 0
+        var failedCount = 0
         if !external.isEmpty { try await backends.payloads.put(external) }
         if !completions.isEmpty {
             let finished = try await backends.state.finish(completions, owner: configuration.id, at: now)
+            finishedCount = finished.count
             for completion in completions {
                 guard let lease = leases[completion.id] else { continue }
                 if finished.contains(completion.id) { acknowledge.append(lease) } else { unowned.append(lease) }
@@ -362,7 +366,9 @@ public final class Agent: Sendable {
                 guard let lease = leases[failure.id] else { continue }
                 switch states[failure.id] {
                 case .pending?: retry.append(lease)
-                case .some: acknowledge.append(lease)
+                case .some:
+                    acknowledge.append(lease)
+                    failedCount += 1
                 case nil: unowned.append(lease)
                 }
             }
@@ -373,6 +379,11 @@ public final class Agent: Sendable {
         state.withLock { state in
             for item in batch { state.owned[item.id] = nil }
         }
+        counters.finished.increment(by: finishedCount)
+        counters.failed.increment(by: failedCount)
+        counters.retried.increment(by: retry.count)
+        counters.retriesAfterFailure.increment(by: retry.count)
+        counters.discarded.increment(by: unowned.count)
         if !ran.isEmpty { configuration.onRunsCompleted?(ran) }
     }
 

@@ -40,6 +40,7 @@ public struct GridClient: Sendable {
     public let configuration: ClientConfiguration
     private let clock: any GridClock
     private let logger: Logger
+    private let counters = GridCounters()
 
     /// Creates a client.
     public init(
@@ -134,6 +135,7 @@ public struct GridClient: Sendable {
             try await backends.queue.enqueue(queued)
             start = end
         }
+        counters.submitted.increment(by: count)
         logger.debug("submitted tasks", metadata: ["session": "\(session)", "count": "\(count)"])
         return ids
     }

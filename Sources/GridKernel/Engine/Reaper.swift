@@ -41,6 +41,7 @@ public struct Reaper: Sendable {
     private let configuration: ReaperConfiguration
     private let clock: any GridClock
     private let logger: Logger
+    private let counters = GridCounters()
 
     /// Creates a reaper.
     public init(
@@ -91,6 +92,9 @@ public struct Reaper: Sendable {
             handled += expired.count
             if expired.count < configuration.batchSize { break }
         }
+        counters.expiredRequeued.increment(by: report.requeued)
+        counters.retriesAfterExpiry.increment(by: report.requeued)
+        counters.expiredFailed.increment(by: report.failed)
         if let queue = backends.queue as? any DeadLetteringTaskQueue {
             while report.deadLettered < configuration.maxPerPass {
                 let letters = try await queue.drainDeadLetters(max: configuration.batchSize)
@@ -103,6 +107,7 @@ public struct Reaper: Sendable {
                 if letters.count < configuration.batchSize { break }
             }
         }
+        counters.deadLettered.increment(by: report.deadLettered)
         return report
     }
 }
