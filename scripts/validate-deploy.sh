@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Checks the deployment artifacts without a Docker engine, a cluster or Terraform (`make validate-deploy`):
+#   0. the Dockerfile: stages, non-root user, COPY sources, the runtime libraries of the -dev packages
+#      (scripts/check-dockerfile.py; the image itself is not built);
 #   1. docker-compose.yml against the Compose specification (check-jsonschema's vendored schema);
 #   2. each Kustomize overlay rendered with `kubectl kustomize`, then validated with kubernetes-validate
 #      against the Kubernetes version we support ($HTC_K8S_VERSION);
@@ -14,6 +16,9 @@ cd "$(dirname "$0")/.."
 k8s_version="${HTC_K8S_VERSION:-1.30.0}"
 out="$(mktemp -d "${TMPDIR:-/tmp}/htc-deploy.XXXXXX")"
 trap 'rm -rf "$out"' EXIT
+
+echo "Dockerfile: stages, user, build context, runtime libraries"
+python3 scripts/check-dockerfile.py Dockerfile
 
 echo "compose: docker-compose.yml against the compose specification"
 check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
