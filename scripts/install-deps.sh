@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need, only when they are missing.
-# Debian's packages only; nothing is fetched from anywhere else.
+# Debian's packages, and the validators of the deployment artifacts from PyPI.
 set -euo pipefail
 
 packages=(libsqlite3-dev sqlite3 libhiredis-dev redis-server openssl python3 python3-pip)
