@@ -54,7 +54,17 @@ import Yams
 
     // MARK: Kubernetes
 
-    @Test(arguments: ["local", "aws", "aws-monitoring"])
+    /// Every overlay in deployment/kubernetes/overlays.
+    static var overlays: [String] {
+        let directory = root.appendingPathComponent("deployment/kubernetes/overlays")
+        return ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []).sorted()
+    }
+
+    @Test func everyOverlayIsChecked() {
+        #expect(Set(Self.overlays).isSuperset(of: ["local", "aws"]), "overlays found: \(Self.overlays)")
+    }
+
+    @Test(arguments: overlays)
     func kustomizeOverlayCommandsParseAndUseVariablesTheBinariesRead(overlay: String) async throws {
         let directory = Self.root.appendingPathComponent("deployment/kubernetes/overlays/\(overlay)")
         let rendered = try Self.kustomize(directory)
