@@ -4,7 +4,7 @@ SWIFT ?= swift
 RELEASE_BIN = $(shell $(SWIFT) build -c release --show-bin-path)
 DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path)
 
-.PHONY: deps demo test build release bench clean openapi
+.PHONY: deps demo test build release bench clean openapi validate-deploy
 
 deps:
 	@scripts/install-deps.sh
@@ -18,8 +18,9 @@ demo: release
 	$(RELEASE_BIN)/htc demo $(DEMO_ARGS)
 
 ## Builds everything in debug and release and runs every test, unit and integration; the Redis
-## suites run against a throw-away redis-server (scripts/with-redis.sh).
-test: deps
+## suites run against a throw-away redis-server (scripts/with-redis.sh). Checks the deployment
+## artifacts first (validate-deploy).
+test: deps validate-deploy
 	$(SWIFT) build --build-tests
 	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh \
 		$(SWIFT) test --skip-build --skip GridIntegrationTests
@@ -27,6 +28,12 @@ test: deps
 	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh \
 		$(SWIFT) test --skip-build --filter GridIntegrationTests --no-parallel
 	$(SWIFT) build -c release
+
+## docker-compose.yml against the compose specification, each Kustomize overlay rendered and validated
+## for Kubernetes 1.30, every Terraform file parsed and its names checked against the grid. The
+## commands and HTC_* variables of the same files are checked by DeploymentArtifactTests (swift test).
+validate-deploy: deps
+	scripts/validate-deploy.sh
 
 ## The acceptance benchmark: 20,000 tasks, 2 agents, 64-byte payloads, on SQLite.
 bench: release

@@ -3,9 +3,11 @@ import GridKernel
 
 /// A ``StateStore`` on Redis.
 ///
-/// Each task is a hash `prefix:{session}:t:<index>`; a session's tasks are also indexed per state in
-/// sorted sets scored by index (counts are `ZCARD`, pages are `ZRANGEBYSCORE`), and processing tasks
-/// in a sorted set scored by lease expiry, so expired leases are found without a scan. All keys of a
+/// Each task is one string `prefix:{session}:t:<index>`, the record packed as MessagePack
+/// (``RedisTaskCodec``: a transition is one `GET` and one `SET`, whatever the number of fields). A
+/// session's tasks are also indexed per state in sorted sets scored by index (counts are `ZCARD`, pages
+/// are `ZRANGEBYSCORE`), and processing tasks in a sorted set scored by lease expiry, so expired leases
+/// are found without a scan. All keys of a
 /// session share the hash tag `{session}`. Every transition is a Lua script, one call per session per
 /// batch, the calls of a batch pipelined in one write (see ``RedisScripts``).
 ///
@@ -141,13 +143,12 @@ public struct RedisStateStore: StateStore {
     public func createTasks(_ tasks: [TaskRecord]) async throws {
         let calls = chunked(tasks, by: \.id) { records in
             var arguments: [[UInt8]] = []
+            arguments.reserveCapacity(records.count * 4)
             for record in records {
-                let fields = Self.fields(record)
                 arguments.append(RedisKeys.bytes(record.id.index))
                 arguments.append(Array(record.state.rawValue.utf8))
                 arguments.append(record.state == .processing ? record.leaseExpiry.map(RedisKeys.bytes) ?? [] : [])
-                arguments.append(RedisKeys.bytes(fields.count))
-                arguments += fields
+                arguments.append(RedisTaskCodec.encode(record))
             }
             return (RedisScripts.createTasks, arguments)
         }
@@ -258,7 +259,7 @@ public struct RedisStateStore: StateStore {
     ///
     /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.
     public func task(_ id: TaskID) async throws -> TaskRecord {
-        let reply = try await client.send([RedisCommand("HGETALL", base(id.session) + ":t:\(id.index)")], idempotent: true)[0].checked()
+        let reply = try await client.send([RedisCommand("GET", base(id.session) + ":t:\(id.index)")], idempotent: true)[0].checked()
         guard let record = try Self.record(id, reply) else {
             throw GridError.notFound("task '\(id)' does not exist", backend: Self.backend)
         }
@@ -417,89 +418,13 @@ public struct RedisStateStore: StateStore {
         }
     }
 
-    /// The hash fields of a record (absent optionals are absent fields).
-    static func fields(_ record: TaskRecord) -> [[UInt8]] {
-        var fields: [[UInt8]] = []
-        func add(_ name: String, _ value: [UInt8]?) {
-            guard let value else { return }
-            fields.append(Array(name.utf8))
-            fields.append(value)
-        }
-        add("s", Array(record.state.rawValue.utf8))
-        add("o", record.owner.map { Array($0.rawValue.utf8) })
-        add("l", record.leaseExpiry.map(RedisKeys.bytes))
-        add("r", RedisKeys.bytes(record.retries))
-        add("m", RedisKeys.bytes(record.maxRetries))
-        add("p", RedisKeys.bytes(record.priority))
-        add("to", record.timeout.map { Array(String($0.timeInterval).utf8) })
-        add("sub", RedisKeys.bytes(record.submittedAt))
-        add("st", record.startedAt.map(RedisKeys.bytes))
-        add("c", record.completedAt.map(RedisKeys.bytes))
-        add("e", record.lastError.map { Array($0.utf8) })
-        add("out", record.output)
-        return fields
-    }
-
-    /// A record from `HGETALL`; `nil` for an empty hash (no such task).
-    ///
-    /// The pairs are read in order and a later field wins (the claim script appends the fields it
-    /// wrote). A terminal record has no owner or lease, whatever fields the transitions left behind.
+    /// A record from its packed form (``RedisTaskCodec``); `nil` for the nil reply (no such task).
     static func record(_ id: TaskID, _ reply: RedisValue) throws -> TaskRecord? {
-        let items = reply.elements
-        guard !items.isEmpty else { return nil }
-        var fields = TaskFields()
-        for start in stride(from: 0, to: items.count - 1, by: 2) {
-            guard case .bytes(let name) = items[start] else { continue }
-            fields.set(name, items[start + 1])
-        }
-        guard let state = fields.state.string.flatMap(TaskState.init(rawValue:)), let submitted = RedisKeys.date(fields.submitted.string) else {
-            throw GridError(.internalError, "task '\(id)' is stored malformed in Redis", backend: backend)
-        }
-        let live = !state.isTerminal
-        return TaskRecord(
-            id: id, state: state, owner: live ? fields.owner.string.map(AgentID.init) : nil,
-            leaseExpiry: live ? RedisKeys.date(fields.lease.string) : nil,
-            retries: fields.retries.int ?? 0, maxRetries: fields.maxRetries.int ?? SessionOptions.defaultMaxRetries,
-            priority: fields.priority.int ?? 0,
-            timeout: fields.timeout.string.flatMap(Double.init).map { Duration(timeInterval: $0) }, submittedAt: submitted,
-            startedAt: RedisKeys.date(fields.started.string), completedAt: RedisKeys.date(fields.completed.string),
-            lastError: fields.lastError.string, output: fields.output.bytes
-        )
+        guard case .bytes(let packed) = reply else { return nil }
+        return try RedisTaskCodec.decode(id, packed)
     }
 
-    /// A task hash's fields by name, matched on their bytes (no dictionary, no hashing).
-    private struct TaskFields {
-        var state = RedisValue.null, owner = RedisValue.null, lease = RedisValue.null, retries = RedisValue.null
-        var maxRetries = RedisValue.null, priority = RedisValue.null, timeout = RedisValue.null
-        var submitted = RedisValue.null, started = RedisValue.null, completed = RedisValue.null
-        var lastError = RedisValue.null, output = RedisValue.null
-
-        mutating func set(_ name: [UInt8], _ value: RedisValue) {
-            switch name.count {
-            case 1:
-                switch name[0] {
-                case UInt8(ascii: "s"): state = value
-                case UInt8(ascii: "o"): owner = value
-                case UInt8(ascii: "l"): lease = value
-                case UInt8(ascii: "r"): retries = value
-                case UInt8(ascii: "m"): maxRetries = value
-                case UInt8(ascii: "p"): priority = value
-                case UInt8(ascii: "c"): completed = value
-                case UInt8(ascii: "e"): lastError = value
-                default: break
-                }
-            case 2:
-                if name == Self.to { timeout = value } else if name == Self.st { started = value }
-            case 3:
-                if name == Self.sub { submitted = value } else if name == Self.out { output = value }
-            default: break
-            }
-        }
-
-        private static let to = Array("to".utf8), st = Array("st".utf8), sub = Array("sub".utf8), out = Array("out".utf8)
-    }
-
-    /// Records from a script's `(index, HGETALL)` pairs.
+    /// Records from a script's `(index, packed record)` pairs; missing records are left out.
     static func records(_ session: SessionID, _ reply: RedisValue) throws -> [TaskRecord] {
         let items = reply.elements
         var records: [TaskRecord] = []
