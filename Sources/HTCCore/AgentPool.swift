@@ -59,11 +59,7 @@ final class AgentPool: Sendable {
         workDirectory: URL,
         logger: Logger
     ) async throws -> AgentPool {
-        var arguments = ["--concurrency", String(concurrency)]
-        if let grid = urls.grid { arguments += ["--grid", grid] }
-        if let queue = urls.queue { arguments += ["--queue", queue] }
-        if let state = urls.state { arguments += ["--state", state] }
-        if let payload = urls.payload { arguments += ["--payload", payload] }
+        let arguments = ["--concurrency", String(concurrency)] + LocalProcessScaler.gridArguments(urls)
         var environment = ProcessInfo.processInfo.environment
         if environment["HTC_LOG_LEVEL"] == nil { environment["HTC_LOG_LEVEL"] = "warning" }
         let records = workDirectory.appendingPathComponent("runs")

@@ -1,5 +1,6 @@
 import Foundation
 import GridKernel
+import GridPlugins
 import Logging
 import Synchronization
 
@@ -63,6 +64,21 @@ public final class LocalProcessScaler: Scaler {
         self.directory = directory
         self.prefix = prefix
         self.logger = logger
+    }
+
+    /// The `htc-agent` executable: `HTC_AGENT_BIN`, or the one next to the running executable.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/notFound`` when there is none.
+    public static func agentBinary() throws -> URL { try AgentPool.agentBinary() }
+
+    /// The `htc-agent` arguments that put an agent on the grid named by `urls`.
+    public static func gridArguments(_ urls: GridURLs) -> [String] {
+        var arguments: [String] = []
+        if let grid = urls.grid { arguments += ["--grid", grid] }
+        if let queue = urls.queue { arguments += ["--queue", queue] }
+        if let state = urls.state { arguments += ["--state", state] }
+        if let payload = urls.payload { arguments += ["--payload", payload] }
+        return arguments
     }
 
     /// Agents started so far.

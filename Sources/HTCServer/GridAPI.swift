@@ -22,6 +22,8 @@ public struct GridAPI: Sendable {
     public let configuration: ServerConfiguration
     /// The metrics the routes record and `GET /metrics` exports.
     public let metrics: ServerMetrics
+    /// The scaling decisions served at `GET /v1/scaling`; `nil` answers 404 there.
+    public let scaling: ServerScaling?
     let clock: any GridClock
 
     /// Creates the API over a client.
@@ -29,11 +31,13 @@ public struct GridAPI: Sendable {
         client: GridClient,
         configuration: ServerConfiguration = ServerConfiguration(),
         metrics: ServerMetrics = ServerMetrics(),
+        scaling: ServerScaling? = nil,
         clock: any GridClock = SystemClock()
     ) {
         self.client = client
         self.configuration = configuration
         self.metrics = metrics
+        self.scaling = scaling
         self.clock = clock
     }
 
@@ -65,6 +69,7 @@ public struct GridAPI: Sendable {
         v1.get("sessions/{session_id}/results") { request, context in try await self.results(request, context) }
         v1.get("tasks/{task_id}") { _, context in try await self.getTask(context) }
         v1.get("tasks/{task_id}/output") { _, context in try await self.getOutput(context) }
+        v1.get("scaling") { _, _ in try await self.scalingDecision() }
         if let htcgrid { addHTCGridRoutes(to: router, htcgrid, auth: auth) }
         return router
     }
@@ -86,6 +91,9 @@ public struct GridAPI: Sendable {
             metrics.queueDepth(try await client.backends.queue.depth())
         } catch {
             context.logger.warning("cannot read the queue depth for /metrics", metadata: ["error": "\(error)"])
+        }
+        if let scaling, let decision = await scaling.autoscaler.last {
+            metrics.scaling(desired: decision.desired, current: try? await scaling.local?.capacity().current)
         }
         do {
             metrics.tasksByState(try await tasksByState())

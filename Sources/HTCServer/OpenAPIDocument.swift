@@ -230,6 +230,22 @@ paths:
         "401": { $ref: "#/components/responses/Error" }
         "404": { $ref: "#/components/responses/Error" }
         "409": { $ref: "#/components/responses/Error" }
+  /v1/scaling:
+    get:
+      summary: "The scaling decision: how many agents the load needs (KEDA's metrics-api scaler reads desired_agents)."
+      description: >-
+        desired_agents is ceil((backlog + in_flight) / tasks_per_agent) within the bounds; scaling out is
+        immediate, scaling in waits for the cool-down (htc-server --tasks-per-agent, --min-agents,
+        --max-agents, --scale-in-cooldown, --scale-interval). current_agents is present when the server runs
+        the agents itself (--local-agents). Also exported as the gauge htc_desired_agents.
+      responses:
+        "200":
+          description: The last decision.
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Scaling" }
+        "401": { $ref: "#/components/responses/Error" }
+        "404": { $ref: "#/components/responses/Error" }
   /v1/submit:
     post:
       summary: "HTC-Grid compatibility (--htcgrid-compat; the base path is --htcgrid-base-path): submit the session stored under <session_id>-payload."
@@ -320,6 +336,18 @@ components:
         text/plain:
           schema: { type: string }
   schemas:
+    Scaling:
+      type: object
+      additionalProperties: false
+      required: [desired_agents, backlog, in_flight, minimum_agents, maximum_agents, tasks_per_agent]
+      properties:
+        desired_agents: { type: integer, minimum: 0 }
+        backlog: { type: integer, minimum: 0 }
+        in_flight: { type: integer, minimum: 0 }
+        current_agents: { type: integer, minimum: 0 }
+        minimum_agents: { type: integer, minimum: 0 }
+        maximum_agents: { type: integer, minimum: 0 }
+        tasks_per_agent: { type: integer, minimum: 1 }
     Health:
       type: object
       additionalProperties: false

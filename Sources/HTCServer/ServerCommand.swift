@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import GridKernel
 import GridPlugins
 import HTCCore
@@ -54,6 +55,24 @@ public struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Path HTC-Grid's routes are served under, its API Gateway stage (env HTC_HTCGRID_BASE_PATH, default /v1).")
     var htcgridBasePath: String?
 
+    @Option(help: "Run between MIN and MAX htc-agent processes on this machine, started and stopped by the scaling policy (env HTC_LOCAL_AGENTS, e.g. 1..4).")
+    var localAgents: String?
+
+    @Option(help: "Tasks (waiting and running) one agent is expected to take (env HTC_TASKS_PER_AGENT, default 8).")
+    var tasksPerAgent: Int?
+
+    @Option(help: "Fewest agents the policy asks for, without --local-agents (env HTC_MIN_AGENTS, default 0).")
+    var minAgents: Int?
+
+    @Option(help: "Most agents the policy asks for, without --local-agents (env HTC_MAX_AGENTS, default 100).")
+    var maxAgents: Int?
+
+    @Option(help: "Seconds after a change before the policy scales in (env HTC_SCALE_IN_COOLDOWN, default 60).")
+    var scaleInCooldown: Double?
+
+    @Option(help: "Seconds between scaling decisions (env HTC_SCALE_INTERVAL, default 5).")
+    var scaleInterval: Double?
+
     /// Creates the command (ArgumentParser fills in the options).
     public init() {}
 
@@ -72,12 +91,16 @@ public struct ServerCommand: AsyncParsableCommand {
         }
         let metrics = ServerMetrics()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics.registry))
-        let api = GridAPI(client: GridClient(backends: backends, logger: logger), configuration: settings.configuration, metrics: metrics)
+        let scaling = try scaling(settings.scaling, backends: backends, environment: environment, logger: logger)
+        let api = GridAPI(
+            client: GridClient(backends: backends, logger: logger), configuration: settings.configuration, metrics: metrics, scaling: scaling
+        )
         var app = Application(
             router: api.makeRouter(auth: settings.auth, htcgrid: settings.htcgrid),
             configuration: ApplicationConfiguration(address: .hostname(settings.listen.host, port: settings.listen.port), serverName: "htc-server"),
             logger: logger
         )
+        app.addServices(AutoscalerService(scaling: scaling))
         if let interval = settings.reaperInterval {
             app.addServices(ReaperService(reaper: Reaper(backends: backends, configuration: ReaperConfiguration(interval: interval), logger: logger)))
         }
@@ -96,6 +119,32 @@ public struct ServerCommand: AsyncParsableCommand {
         var configuration: ServerConfiguration
         var reaperInterval: Duration?
         var htcgrid: HTCGridCompatibility?
+        var scaling: ScalingSettings
+    }
+
+    /// The scaling policy's settings and whether this server runs the agents.
+    struct ScalingSettings: Equatable {
+        var configuration: ScalingConfiguration
+        var interval: Duration
+        var local: Bool
+    }
+
+    /// The autoscaler, with a local process scaler for `--local-agents`.
+    private func scaling(
+        _ settings: ScalingSettings, backends: GridBackends, environment: HTCCore.Environment, logger: Logger
+    ) throws -> ServerScaling {
+        var local: LocalProcessScaler?
+        if settings.local {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("htc-server-agents-\(getpid())")
+            local = try LocalProcessScaler(
+                binary: try LocalProcessScaler.agentBinary(), arguments: LocalProcessScaler.gridArguments(grid.urls(environment)),
+                directory: directory, prefix: "local", logger: logger
+            )
+        }
+        let autoscaler = try Autoscaler(
+            queue: backends.queue, scaler: local, configuration: settings.configuration, interval: settings.interval, logger: logger
+        )
+        return ServerScaling(autoscaler: autoscaler, local: local, configuration: settings.configuration)
     }
 
     /// Resolves flags, environment and defaults, and enforces the rules between them.
@@ -152,7 +201,41 @@ public struct ServerCommand: AsyncParsableCommand {
             authName: authName,
             configuration: configuration,
             reaperInterval: reaperSeconds > 0 ? Duration(timeInterval: reaperSeconds) : nil,
-            htcgrid: htcgrid
+            htcgrid: htcgrid,
+            scaling: try scalingSettings(environment)
         )
+    }
+
+    /// Resolves the scaling flags.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a malformed range, bounds given twice
+    ///   or values out of range.
+    func scalingSettings(_ environment: HTCCore.Environment) throws -> ScalingSettings {
+        var configuration = ScalingConfiguration()
+        if let value = try tasksPerAgent ?? environment.int("HTC_TASKS_PER_AGENT") { configuration.tasksPerAgent = value }
+        if let value = try scaleInCooldown ?? environment.seconds("HTC_SCALE_IN_COOLDOWN") {
+            configuration.scaleInCooldown = Duration(timeInterval: value)
+        }
+        let minimum = try minAgents ?? environment.int("HTC_MIN_AGENTS")
+        let maximum = try maxAgents ?? environment.int("HTC_MAX_AGENTS")
+        let local = localAgents ?? environment.string("HTC_LOCAL_AGENTS")
+        if let local {
+            guard minimum == nil, maximum == nil else {
+                throw GridError.invalidArgument("--local-agents \(local) sets the bounds; leave out --min-agents and --max-agents")
+            }
+            let bounds = local.split(separator: ".", omittingEmptySubsequences: true)
+            guard local.contains(".."), bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds[1]) else {
+                throw GridError.invalidArgument("--local-agents \(local) is not MIN..MAX (e.g. 1..4)")
+            }
+            configuration.minimum = low
+            configuration.maximum = high
+        } else {
+            if let minimum { configuration.minimum = minimum }
+            if let maximum { configuration.maximum = maximum }
+        }
+        try configuration.validate()
+        let seconds = try scaleInterval ?? environment.seconds("HTC_SCALE_INTERVAL") ?? 5
+        guard seconds > 0 else { throw GridError.invalidArgument("--scale-interval must be positive") }
+        return ScalingSettings(configuration: configuration, interval: Duration(timeInterval: seconds), local: local != nil)
     }
 }

@@ -26,6 +26,10 @@ public enum ServerMetricName {
     /// Gauge: messages in the task queue by `priority` and `kind` (`waiting`, `in_flight`), read at
     /// every scrape.
     public static var queueDepth: String { Descriptor.queueDepth.name }
+    /// Gauge: the agents the scaling policy wants (what KEDA reads at `GET /v1/scaling`).
+    public static var desiredAgents: String { Descriptor.desiredAgents.name }
+    /// Gauge: the agents running, when the server runs them (`--local-agents`).
+    public static var runningAgents: String { Descriptor.runningAgents.name }
 
     enum Descriptor {
         static var sessionsCreated: MetricNameDescriptor { server("sessions_created", unit: "total", help: "Sessions created.") }
@@ -55,6 +59,13 @@ public enum ServerMetricName {
             )
         }
 
+        static var desiredAgents: MetricNameDescriptor {
+            MetricNameDescriptor(namespace: "htc", metricName: "desired_agents", unitName: "", helpText: "Agents the scaling policy wants.")
+        }
+        static var runningAgents: MetricNameDescriptor {
+            MetricNameDescriptor(namespace: "htc", metricName: "running_agents", unitName: "", helpText: "Agents this server runs (--local-agents).")
+        }
+
         private static func server(_ name: String, unit: String, help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(namespace: "htc", subsystem: "server", metricName: name, unitName: unit, helpText: help)
         }
@@ -80,6 +91,8 @@ public final class ServerMetrics: Sendable {
     private let taskGauges: [TaskState: Gauge]
     private let sessionsCounted: Gauge
     private let sessionsComplete: Gauge
+    private let desiredAgents: Gauge
+    private let runningAgents: Gauge
 
     /// Creates the metrics in `registry`.
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
@@ -107,6 +120,14 @@ public final class ServerMetrics: Sendable {
         self.taskGauges = taskGauges
         sessionsCounted = registry.makeGauge(descriptor: ServerMetricName.Descriptor.tasksSessions, labels: [("kind", "counted")])
         sessionsComplete = registry.makeGauge(descriptor: ServerMetricName.Descriptor.tasksSessions, labels: [("kind", "complete")])
+        desiredAgents = registry.makeGauge(descriptor: ServerMetricName.Descriptor.desiredAgents)
+        runningAgents = registry.makeGauge(descriptor: ServerMetricName.Descriptor.runningAgents)
+    }
+
+    /// Sets the scaling gauges.
+    func scaling(desired: Int, current: Int?) {
+        desiredAgents.set(to: Double(desired))
+        if let current { runningAgents.set(to: Double(current)) }
     }
 
     /// Sets the tasks-by-state gauges.

@@ -25,6 +25,20 @@ import Testing
         }
     }
 
+    @Test func scalingSettings() async throws {
+        let defaults = try await settings([]).scaling
+        #expect(defaults == ServerCommand.ScalingSettings(configuration: ScalingConfiguration(), interval: .seconds(5), local: false))
+        let local = try await settings(["--local-agents", "1..4", "--tasks-per-agent", "16", "--scale-in-cooldown", "2", "--scale-interval", "0.5"]).scaling
+        #expect(local.local && local.configuration.minimum == 1 && local.configuration.maximum == 4)
+        #expect(local.configuration.tasksPerAgent == 16 && local.configuration.scaleInCooldown == .seconds(2) && local.interval == .milliseconds(500))
+        let fromEnvironment = try await settings([], environment: ["HTC_MIN_AGENTS": "2", "HTC_MAX_AGENTS": "50", "HTC_TASKS_PER_AGENT": "32"]).scaling
+        #expect(!fromEnvironment.local && fromEnvironment.configuration == ScalingConfiguration(tasksPerAgent: 32, minimum: 2, maximum: 50))
+        for bad in [["--local-agents", "4"], ["--local-agents", "4..1"], ["--local-agents", "a..b"], ["--local-agents", "1..2", "--max-agents", "3"],
+                    ["--min-agents=-1"], ["--tasks-per-agent", "0"], ["--scale-interval", "0"]] {
+            await #expect(throws: GridError.self, "\(bad)") { try await settings(bad) }
+        }
+    }
+
     @Test func environmentIsTheFallback() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("htc-server-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
