@@ -20,6 +20,12 @@ func redisState(_ c: StateConformance.Case) async throws {
     try await StateConformance { ctx in RedisStateStore(client: try redisTests.client(ctx.namespace)) }.run(c)
 }
 
+/// With a retention period the transitions also set expiries: the store must still conform.
+@Test(.enabled(if: redisTests.enabled, "HTC_TEST_REDIS is unset: start redis-server and set HTC_TEST_REDIS=redis://127.0.0.1:PORT (or run make test)"), arguments: StateConformance.Case.allCases)
+func redisStateWithRetention(_ c: StateConformance.Case) async throws {
+    try await StateConformance { ctx in RedisStateStore(client: try redisTests.client(ctx.namespace, retention: .seconds(3_600))) }.run(c)
+}
+
 @Test(.enabled(if: redisTests.enabled, "HTC_TEST_REDIS is unset: start redis-server and set HTC_TEST_REDIS=redis://127.0.0.1:PORT (or run make test)"), arguments: PayloadConformance.Case.allCases)
 func redisPayloads(_ c: PayloadConformance.Case) async throws {
     try await PayloadConformance { ctx in RedisPayloadStore(client: try redisTests.client(ctx.namespace)) }.run(c)
@@ -41,12 +47,13 @@ private enum redisTests {
     static var enabled: Bool { url != nil || ProcessInfo.processInfo.environment["HTC_TEST_SUITE"] == "make" }
 
     /// A client of the test server whose keys start with `namespace`.
-    static func client(_ namespace: String) throws -> RedisClient {
+    static func client(_ namespace: String, retention: Duration? = nil) throws -> RedisClient {
         guard let url else {
             throw GridError.unavailable("HTC_TEST_REDIS is unset; run the tests through make test or scripts/with-redis.sh")
         }
         var configuration = try RedisConfiguration(BackendURL(url))
         configuration.prefix = namespace
+        configuration.retention = retention
         configuration.poolSize = 2
         return RedisClient(configuration)
     }

@@ -109,7 +109,8 @@ public actor RedisClient {
     /// Runs script calls in one pipelined write and returns their replies in order; `idempotent` as
     /// in ``send(_:idempotent:)``.
     ///
-    /// - Throws: ``GridError/Code/unavailable`` when Redis cannot be reached or a script fails.
+    /// - Throws: ``GridError/Code/unavailable`` when Redis cannot be reached; a script's error reply as
+    ///   ``RedisValue/gridError(_:context:)`` maps it.
     func run(_ calls: [RedisScriptCall], idempotent: Bool = false) async throws -> [RedisValue] {
         guard !calls.isEmpty else { return [] }
         var missing: [RedisScript] = []
@@ -137,7 +138,7 @@ public actor RedisClient {
         }
         for (call, reply) in zip(calls, replies) {
             if case .error(let message) = reply {
-                throw GridError(.unavailable, "script \(call.script.name) failed: \(message)", backend: "redis")
+                throw RedisValue.gridError(message, context: "script \(call.script.name) failed")
             }
         }
         return replies

@@ -6,7 +6,8 @@ import GridKernel
 ///
 /// Query options: `prefix` (key prefix, default `htc`; several grids share one Redis with different
 /// prefixes), `pool` (connections, default 4), `max_payload_bytes` (default 64 MiB), `retry_window`
-/// (seconds to retry while Redis is unreachable, default 30), `ca_file` (PEM
+/// (seconds to retry while Redis is unreachable, default 30), `retention` (seconds to keep a completed
+/// session's state keys; off by default), `ca_file` (PEM
 /// file of trusted CAs for `rediss://`), `tls_verify=false` (turns certificate verification off; for
 /// tests only).
 public struct RedisConfiguration: Sendable, Hashable {
@@ -35,12 +36,15 @@ public struct RedisConfiguration: Sendable, Hashable {
     /// How long a command that certainly did not run (Redis unreachable or loading) is retried,
     /// with backoff, before ``GridError/Code/unavailable`` is thrown (`?retry_window=SECONDS`, default 30).
     public var retryWindow: Duration
+    /// How long a session's state keys are kept once every task of it is terminal; `nil` (the
+    /// default) keeps them until the session is deleted (`?retention=SECONDS`).
+    public var retention: Duration?
 
     /// Creates a configuration with the defaults of a local Redis.
     public init(
         host: String = "127.0.0.1", port: Int = 6379, database: Int = 0, user: String? = nil, password: String? = nil,
         tls: Bool = false, caFile: String? = nil, verifyCertificate: Bool = true, prefix: String = "htc", poolSize: Int = 4,
-        maxPayloadBytes: Int = 64 << 20, retryWindow: Duration = .seconds(30)
+        maxPayloadBytes: Int = 64 << 20, retryWindow: Duration = .seconds(30), retention: Duration? = nil
     ) {
         self.host = host
         self.port = port
@@ -54,6 +58,7 @@ public struct RedisConfiguration: Sendable, Hashable {
         self.poolSize = poolSize
         self.maxPayloadBytes = maxPayloadBytes
         self.retryWindow = retryWindow
+        self.retention = retention
     }
 
     /// Parses a `redis://` or `rediss://` URL.
@@ -99,6 +104,15 @@ public struct RedisConfiguration: Sendable, Hashable {
                 throw GridError.invalidArgument("retry_window=\(value) in \(url) is not a number of seconds", backend: "redis")
             }
             retryWindow = Duration(timeInterval: seconds)
+        }
+        if let value = url.query["retention"] {
+            guard let seconds = Int(value), seconds > 0 else {
+                throw GridError.invalidArgument(
+                    "retention=\(value) in \(url) is not a positive whole number of seconds (leave it out to keep sessions)",
+                    backend: "redis"
+                )
+            }
+            retention = .seconds(seconds)
         }
         caFile = url.query["ca_file"]
         if let value = url.query["tls_verify"] {

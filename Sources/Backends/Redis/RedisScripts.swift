@@ -204,25 +204,45 @@ enum RedisScripts {
     // MARK: State
 
     /// Helpers shared by the state scripts. KEYS[1] is the session's base key `prefix:{session}`.
+    ///
+    /// A task record is one string, a MessagePack array (``RedisTaskCodec``): `load` and `save` turn it
+    /// into a Lua table and back with Redis' `cmsgpack`; `false` marks an absent value. Positions:
+    /// S state, O owner, L lease expiry, R retries, M max retries, E last error, C completed, ST
+    /// started, OUT output, CT claim token.
     private static let prelude = """
         local base = KEYS[1]
+        local S, O, L, R, M, ST, C, E, OUT, CT = 1, 2, 3, 4, 5, 9, 10, 11, 12, 13
         local function tkey(i) return base..':t:'..i end
+        local function load(i)
+          local v = redis.call('GET', tkey(i))
+          if not v then return nil end
+          return cmsgpack.unpack(v)
+        end
+        local function save(i, t)
+          local v = cmsgpack.pack(t)
+          redis.call('SET', tkey(i), v)
+          return v
+        end
         local function move(i, from, to)
           redis.call('ZREM', base..':state:'..from, i)
           redis.call('ZADD', base..':state:'..to, i, i)
         end
-        local function afterFailure(i, k, msg, retryable, at)
-          local f = redis.call('HMGET', k, 'r', 'm')
-          local r = tonumber(f[1])
-          local m = tonumber(f[2])
-          redis.call('HDEL', k, 'o', 'l')
+        local function afterFailure(i, t, msg, retryable, at)
+          t[O] = false
+          t[L] = false
           redis.call('ZREM', base..':leases', i)
-          if retryable and r < m then
-            redis.call('HSET', k, 's', 'pending', 'r', r + 1, 'e', msg)
+          if retryable and t[R] < t[M] then
+            t[S] = 'pending'
+            t[R] = t[R] + 1
+            t[E] = msg
+            save(i, t)
             move(i, 'processing', 'pending')
             return 'pending'
           end
-          redis.call('HSET', k, 's', 'failed', 'c', at, 'e', msg)
+          t[S] = 'failed'
+          t[C] = at
+          t[E] = msg
+          save(i, t)
           move(i, 'processing', 'failed')
           return 'failed'
         end
@@ -231,11 +251,14 @@ enum RedisScripts {
           if #list > 0 then redis.call(command, key, unpack(list)) end
         end
         local function cancelOne(i, at)
-          local k = tkey(i)
-          local s = redis.call('HGET', k, 's')
-          if not live(s) then return nil end
-          redis.call('HSET', k, 's', 'cancelled', 'c', at)
-          redis.call('HDEL', k, 'o', 'l')
+          local t = load(i)
+          if not t or not live(t[S]) then return nil end
+          local s = t[S]
+          t[S] = 'cancelled'
+          t[C] = at
+          t[O] = false
+          t[L] = false
+          save(i, t)
           redis.call('ZREM', base..':leases', i)
           move(i, s, 'cancelled')
           return s
@@ -256,21 +279,66 @@ enum RedisScripts {
         local c = redis.call('HGET', info, 'cancelled')
         if not c then return -1 end
         if c == '1' then return -2 end
+        -- A session kept for its retention period takes tasks again: its keys no longer expire.
+        if redis.call('TTL', info) >= 0 then
+          redis.call('PERSIST', info)
+          redis.call('PERSIST', base..':leases')
+          for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+            redis.call('PERSIST', base..':state:'..state)
+          end
+        end
         return redis.call('HINCRBY', info, 'count', ARGV[1])
         """)
 
-    /// ARGV: groups (index, state, lease score or "", field count, fields…). Existing tasks are left alone.
+    /// Whether a session is complete: every reserved index has a terminal task. Returns 1 when it is
+    /// and its keys do not expire yet, else 0.
+    static let complete = RedisScript(name: "state.complete", source: prelude + """
+        local info = base..':info'
+        if redis.call('TTL', info) ~= -1 then return 0 end
+        local count = tonumber(redis.call('HGET', info, 'count') or '0')
+        local terminal = 0
+        for _, state in ipairs({'finished', 'failed', 'cancelled'}) do
+          terminal = terminal + redis.call('ZCARD', base..':state:'..state)
+        end
+        if terminal >= count then return 1 end
+        return 0
+        """)
+
+    /// ARGV: seconds, state, first rank, count. Sets the expiry of up to `count` task records of one
+    /// terminal state, by rank. Returns how many it set.
+    static let expireTasks = RedisScript(name: "state.expireTasks", source: prelude + """
+        local first = tonumber(ARGV[3])
+        local ids = redis.call('ZRANGE', base..':state:'..ARGV[2], first, first + tonumber(ARGV[4]) - 1)
+        for _, i in ipairs(ids) do redis.call('EXPIRE', tkey(i), ARGV[1]) end
+        return #ids
+        """)
+
+    /// ARGV: seconds. Sets the expiry of the session's info and index keys if it is still complete
+    /// (no submission came in meanwhile). Returns 1 if it did.
+    static let expireSession = RedisScript(name: "state.expireSession", source: prelude + """
+        local info = base..':info'
+        local count = tonumber(redis.call('HGET', info, 'count') or '0')
+        local terminal = 0
+        for _, state in ipairs({'finished', 'failed', 'cancelled'}) do
+          terminal = terminal + redis.call('ZCARD', base..':state:'..state)
+        end
+        if terminal < count then return 0 end
+        redis.call('EXPIRE', info, ARGV[1])
+        redis.call('EXPIRE', base..':leases', ARGV[1])
+        for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+          redis.call('EXPIRE', base..':state:'..state, ARGV[1])
+        end
+        return 1
+        """)
+
+    /// ARGV: groups (index, state, lease score or "", packed record). Existing tasks are left alone (`SET NX`).
     static let createTasks = RedisScript(name: "state.createTasks", source: prelude + """
         local n = 1
         local created = 0
         local byState = {}
         while n <= #ARGV do
-          local i, s, lease, nf = ARGV[n], ARGV[n + 1], ARGV[n + 2], tonumber(ARGV[n + 3])
-          local k = tkey(i)
-          if redis.call('EXISTS', k) == 0 then
-            local fields = {}
-            for j = 1, nf do fields[j] = ARGV[n + 3 + j] end
-            redis.call('HSET', k, unpack(fields))
+          local i, s, lease = ARGV[n], ARGV[n + 1], ARGV[n + 2]
+          if redis.call('SET', tkey(i), ARGV[n + 3], 'NX') then
             local list = byState[s]
             if not list then list = {}; byState[s] = list end
             list[#list + 1] = i
@@ -278,33 +346,36 @@ enum RedisScripts {
             if lease ~= '' then redis.call('ZADD', base..':leases', lease, i) end
             created = created + 1
           end
-          n = n + 4 + nf
+          n = n + 4
         end
         for s, list in pairs(byState) do bulk('ZADD', base..':state:'..s, list) end
         return created
         """)
 
-    /// ARGV: owner, lease expiry, now, call token, indices…. Returns pairs (index, HGETALL of the
-    /// claimed task).
+    /// ARGV: owner, lease expiry, now, call token, indices…. Returns pairs (index, packed record of
+    /// the claimed task, as it is after the claim).
     ///
-    /// Idempotent: a task keeps the token of the call that claimed it (`ct`), so the same call sent
+    /// Idempotent: a task keeps the token of the call that claimed it (position CT), so the same call sent
     /// again after a broken connection wins the tasks it had won; any other call does not.
     static let claim = RedisScript(name: "state.claim", source: prelude + """
         local owner, lease, now, call = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
         local out, won, processing, leases = {}, {}, {}, {}
         for n = 5, #ARGV do
           local i = ARGV[n]
-          local k = tkey(i)
-          local f = redis.call('HMGET', k, 's', 'o', 'ct')
-          if (f[1] == 'pending' and not f[2]) or (f[1] == 'processing' and f[2] == owner and f[3] == call) then
-            redis.call('HSET', k, 's', 'processing', 'o', owner, 'l', lease, 'st', now, 'ct', call)
+          local t = load(i)
+          if t and ((t[S] == 'pending' and not t[O]) or (t[S] == 'processing' and t[O] == owner and t[CT] == call)) then
+            t[S] = 'processing'
+            t[O] = owner
+            t[L] = lease
+            t[ST] = now
+            t[CT] = call
             won[#won + 1] = i
             processing[#processing + 1] = i
             processing[#processing + 1] = i
             leases[#leases + 1] = lease
             leases[#leases + 1] = i
             out[#out + 1] = i
-            out[#out + 1] = redis.call('HGETALL', k)
+            out[#out + 1] = save(i, t)
           end
         end
         bulk('ZREM', base..':state:pending', won)
@@ -316,17 +387,19 @@ enum RedisScripts {
     /// ARGV: owner, lease expiry, indices…. Returns the indices still owned.
     static let heartbeat = RedisScript(name: "state.heartbeat", source: prelude + """
         local owner, lease = ARGV[1], ARGV[2]
-        local out = {}
+        local out, leases = {}, {}
         for n = 3, #ARGV do
           local i = ARGV[n]
-          local k = tkey(i)
-          local f = redis.call('HMGET', k, 's', 'o')
-          if f[1] == 'processing' and f[2] == owner then
-            redis.call('HSET', k, 'l', lease)
-            redis.call('ZADD', base..':leases', lease, i)
+          local t = load(i)
+          if t and t[S] == 'processing' and t[O] == owner then
+            t[L] = lease
+            save(i, t)
+            leases[#leases + 1] = lease
+            leases[#leases + 1] = i
             out[#out + 1] = i
           end
         end
+        bulk('ZADD', base..':leases', leases)
         return out
         """)
 
@@ -336,16 +409,14 @@ enum RedisScripts {
         local out, finished = {}, {}
         for n = 3, #ARGV, 3 do
           local i = ARGV[n]
-          local k = tkey(i)
-          local f = redis.call('HMGET', k, 's', 'o')
-          if f[1] == 'processing' and f[2] == owner then
-            if ARGV[n + 1] == '1' then
-              redis.call('HDEL', k, 'o', 'l')
-              redis.call('HSET', k, 's', 'finished', 'c', at, 'out', ARGV[n + 2])
-            else
-              redis.call('HDEL', k, 'o', 'l', 'out')
-              redis.call('HSET', k, 's', 'finished', 'c', at)
-            end
+          local t = load(i)
+          if t and t[S] == 'processing' and t[O] == owner then
+            t[S] = 'finished'
+            t[C] = at
+            t[O] = false
+            t[L] = false
+            if ARGV[n + 1] == '1' then t[OUT] = ARGV[n + 2] else t[OUT] = false end
+            save(i, t)
             finished[#finished + 1] = i
             finished[#finished + 1] = i
             out[#out + 1] = i
@@ -363,11 +434,10 @@ enum RedisScripts {
         local out = {}
         for n = 3, #ARGV, 3 do
           local i = ARGV[n]
-          local k = tkey(i)
-          local f = redis.call('HMGET', k, 's', 'o')
-          if f[1] == 'processing' and f[2] == owner then
+          local t = load(i)
+          if t and t[S] == 'processing' and t[O] == owner then
             out[#out + 1] = i
-            out[#out + 1] = afterFailure(i, k, ARGV[n + 1], ARGV[n + 2] == '1', at)
+            out[#out + 1] = afterFailure(i, t, ARGV[n + 1], ARGV[n + 2] == '1', at)
           end
         end
         return out
@@ -379,11 +449,10 @@ enum RedisScripts {
         local out = {}
         for n = 2, #ARGV do
           local i = ARGV[n]
-          local k = tkey(i)
-          local f = redis.call('HMGET', k, 's', 'l')
-          if f[1] == 'processing' and f[2] and tonumber(f[2]) < tonumber(now) then
+          local t = load(i)
+          if t and t[S] == 'processing' and t[L] and tonumber(t[L]) < tonumber(now) then
             out[#out + 1] = i
-            out[#out + 1] = afterFailure(i, k, 'lease expired', true, now)
+            out[#out + 1] = afterFailure(i, t, 'lease expired', true, now)
           end
         end
         return out
@@ -395,11 +464,15 @@ enum RedisScripts {
         local out = {}
         for n = 2, #ARGV, 2 do
           local i = ARGV[n]
-          local k = tkey(i)
-          local s = redis.call('HGET', k, 's')
-          if live(s) then
-            redis.call('HSET', k, 's', 'failed', 'c', at, 'e', ARGV[n + 1])
-            redis.call('HDEL', k, 'o', 'l')
+          local t = load(i)
+          if t and live(t[S]) then
+            local s = t[S]
+            t[S] = 'failed'
+            t[C] = at
+            t[E] = ARGV[n + 1]
+            t[O] = false
+            t[L] = false
+            save(i, t)
             redis.call('ZREM', base..':leases', i)
             move(i, s, 'failed')
             out[#out + 1] = i
@@ -434,22 +507,49 @@ enum RedisScripts {
         return {p, r}
         """)
 
-    /// ARGV: state, lower bound (exclusive "(n" or "-inf"), count. Returns pairs (index, HGETALL).
+    /// ARGV: limit. Deletes up to `limit` task records of the session; once none is left, deletes the
+    /// session's info and index keys too. Returns {removed, done (1/0)}, or {-1} for an unknown session.
+    /// The caller repeats the call until done, so that no single call blocks Redis for long.
+    static let deleteSession = RedisScript(name: "state.deleteSession", source: prelude + """
+        local info = base..':info'
+        if redis.call('EXISTS', info) == 0 then return {-1} end
+        local limit = tonumber(ARGV[1])
+        local removed = 0
+        for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+          local index = base..':state:'..state
+          while removed < limit do
+            local ids = redis.call('ZRANGE', index, 0, math.min(999, limit - removed - 1))
+            if #ids == 0 then break end
+            local keys = {}
+            for j, i in ipairs(ids) do keys[j] = tkey(i) end
+            redis.call('DEL', unpack(keys))
+            redis.call('ZREM', index, unpack(ids))
+            removed = removed + #ids
+          end
+        end
+        if removed < limit then
+          redis.call('DEL', info, base..':leases')
+          return {removed, 1}
+        end
+        return {removed, 0}
+        """)
+
+    /// ARGV: state, lower bound (exclusive "(n" or "-inf"), count. Returns pairs (index, packed record).
     static let page = RedisScript(name: "state.page", source: prelude + """
         local out = {}
         for _, i in ipairs(redis.call('ZRANGEBYSCORE', base..':state:'..ARGV[1], ARGV[2], '+inf', 'LIMIT', 0, ARGV[3])) do
           out[#out + 1] = i
-          out[#out + 1] = redis.call('HGETALL', tkey(i))
+          out[#out + 1] = redis.call('GET', tkey(i))
         end
         return out
         """)
 
-    /// ARGV: now, limit. Returns pairs (index, HGETALL) of processing tasks whose lease is before now.
+    /// ARGV: now, limit. Returns pairs (index, packed record) of processing tasks whose lease is before now.
     static let expired = RedisScript(name: "state.expired", source: prelude + """
         local out = {}
         for _, i in ipairs(redis.call('ZRANGEBYSCORE', base..':leases', '-inf', '('..ARGV[1], 'LIMIT', 0, ARGV[2])) do
           out[#out + 1] = i
-          out[#out + 1] = redis.call('HGETALL', tkey(i))
+          out[#out + 1] = redis.call('GET', tkey(i))
         end
         return out
         """)

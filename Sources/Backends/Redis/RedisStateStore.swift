@@ -3,9 +3,11 @@ import GridKernel
 
 /// A ``StateStore`` on Redis.
 ///
-/// Each task is a hash `prefix:{session}:t:<index>`; a session's tasks are also indexed per state in
-/// sorted sets scored by index (counts are `ZCARD`, pages are `ZRANGEBYSCORE`), and processing tasks
-/// in a sorted set scored by lease expiry, so expired leases are found without a scan. All keys of a
+/// Each task is one string `prefix:{session}:t:<index>`, the record packed as MessagePack
+/// (``RedisTaskCodec``: a transition is one `GET` and one `SET`, whatever the number of fields). A
+/// session's tasks are also indexed per state in sorted sets scored by index (counts are `ZCARD`, pages
+/// are `ZRANGEBYSCORE`), and processing tasks in a sorted set scored by lease expiry, so expired leases
+/// are found without a scan. All keys of a
 /// session share the hash tag `{session}`. Every transition is a Lua script, one call per session per
 /// batch, the calls of a batch pipelined in one write (see ``RedisScripts``).
 ///
@@ -69,8 +71,13 @@ public struct RedisStateStore: StateStore {
         let ids = Array(listed.prefix(limit))
         let replies = try await client.send(ids.map { RedisCommand("HGETALL", base($0) + ":info") }, idempotent: true)
         var items: [SessionRecord] = []
+        var expired: [String] = []
         for (id, reply) in zip(ids, replies) {
-            if let record = try Self.session(id, try reply.checked()) { items.append(record) }
+            if let record = try Self.session(id, try reply.checked()) { items.append(record) } else { expired.append(id.rawValue) }
+        }
+        if !expired.isEmpty {
+            // Sessions whose keys expired after their retention period leave the list here.
+            _ = try? await client.send([RedisCommand(bytes: [Array("ZREM".utf8), Array(RedisKeys.sessions(prefix: prefix).utf8)] + expired.map { Array($0.utf8) })], idempotent: true)
         }
         return Page(items: items, next: listed.count > limit ? ids.last?.rawValue : nil)
     }
@@ -102,7 +109,30 @@ public struct RedisStateStore: StateStore {
             RedisScriptCall(script: RedisScripts.cancelSession, keys: [base(id)], arguments: [RedisKeys.bytes(at)])
         ])[0].elements.map { $0.int ?? 0 }
         guard reply.count == 2 else { throw GridError.notFound("session '\(id)' does not exist", backend: Self.backend) }
+        await retire([id])
         return CancelCounts(pending: reply[0], processing: reply[1])
+    }
+
+    /// Removes the session and its task records, 10,000 records per script call so that Redis is
+    /// never blocked for long; then removes it from the session list.
+    ///
+    /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.
+    public func deleteSession(_ id: SessionID) async throws -> Int {
+        var removed = 0
+        while true {
+            let reply = try await client.run([
+                RedisScriptCall(script: RedisScripts.deleteSession, keys: [base(id)], arguments: [RedisKeys.bytes(10_000)])
+            ])[0].elements.map { $0.int ?? 0 }
+            guard reply.count == 2 else {
+                // A repeated call after a dropped reply finds the session gone: report what this call saw.
+                if removed > 0 { break }
+                throw GridError.notFound("session '\(id)' does not exist", backend: Self.backend)
+            }
+            removed += reply[0]
+            if reply[1] == 1 { break }
+        }
+        _ = try await client.send([RedisCommand("ZREM", RedisKeys.sessions(prefix: prefix), id.rawValue)], idempotent: true)[0].checked()
+        return removed
     }
 
     // MARK: Tasks
@@ -113,13 +143,12 @@ public struct RedisStateStore: StateStore {
     public func createTasks(_ tasks: [TaskRecord]) async throws {
         let calls = chunked(tasks, by: \.id) { records in
             var arguments: [[UInt8]] = []
+            arguments.reserveCapacity(records.count * 4)
             for record in records {
-                let fields = Self.fields(record)
                 arguments.append(RedisKeys.bytes(record.id.index))
                 arguments.append(Array(record.state.rawValue.utf8))
                 arguments.append(record.state == .processing ? record.leaseExpiry.map(RedisKeys.bytes) ?? [] : [])
-                arguments.append(RedisKeys.bytes(fields.count))
-                arguments += fields
+                arguments.append(RedisTaskCodec.encode(record))
             }
             return (RedisScripts.createTasks, arguments)
         }
@@ -159,7 +188,9 @@ public struct RedisStateStore: StateStore {
             }
             return (RedisScripts.finish, arguments)
         }
-        return try await indices(calls)
+        let finished = try await indices(calls)
+        await retire(completions.map(\.id.session))
+        return finished
     }
 
     /// Records failed runs of the tasks `owner` still runs, by the retry rule.
@@ -176,7 +207,9 @@ public struct RedisStateStore: StateStore {
             }
             return (RedisScripts.fail, arguments)
         }
-        return try await states(calls)
+        let states = try await states(calls)
+        if states.values.contains(.failed) { await retire(failures.map(\.id.session)) }
+        return states
     }
 
     /// Reaps the tasks whose lease expired before `now`.
@@ -184,7 +217,9 @@ public struct RedisStateStore: StateStore {
     /// - Throws: ``GridError/Code/unavailable``.
     public func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState] {
         let calls = chunked(ids, by: \.self) { (RedisScripts.expire, [RedisKeys.bytes(now)] + $0.map { RedisKeys.bytes($0.index) }) }
-        return try await states(calls)
+        let states = try await states(calls)
+        if states.values.contains(.failed) { await retire(ids.map(\.session)) }
+        return states
     }
 
     /// Fails the tasks that are not terminal.
@@ -199,7 +234,9 @@ public struct RedisStateStore: StateStore {
             }
             return (RedisScripts.forceFail, arguments)
         }
-        return try await indices(calls)
+        let failed = try await indices(calls)
+        await retire(failures.map(\.id.session))
+        return failed
     }
 
     /// Cancels the tasks that are not terminal.
@@ -214,6 +251,7 @@ public struct RedisStateStore: StateStore {
             counts.pending += values[0]
             counts.processing += values[1]
         }
+        await retire(ids.map(\.session))
         return counts
     }
 
@@ -221,7 +259,7 @@ public struct RedisStateStore: StateStore {
     ///
     /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.
     public func task(_ id: TaskID) async throws -> TaskRecord {
-        let reply = try await client.send([RedisCommand("HGETALL", base(id.session) + ":t:\(id.index)")], idempotent: true)[0].checked()
+        let reply = try await client.send([RedisCommand("GET", base(id.session) + ":t:\(id.index)")], idempotent: true)[0].checked()
         guard let record = try Self.record(id, reply) else {
             throw GridError.notFound("task '\(id)' does not exist", backend: Self.backend)
         }
@@ -279,6 +317,42 @@ public struct RedisStateStore: StateStore {
         }
         found.sort { ($0.leaseExpiry ?? .distantPast, $0.id) < ($1.leaseExpiry ?? .distantPast, $1.id) }
         return Array(found.prefix(limit))
+    }
+
+    // MARK: Retention
+
+    /// With a retention period, sets the expiry of every key of each session that is now complete
+    /// (every reserved index terminal): task records 10,000 per script call, then the session's info
+    /// and indexes, which a submission arriving meanwhile keeps alive (the last script checks again,
+    /// and `reserveTaskIndices` removes expiries). Best effort: a failure here leaves the keys in place
+    /// (nothing is lost) and the next transition of the session tries again.
+    private func retire(_ sessions: [SessionID]) async {
+        guard let retention = client.settings.retention else { return }
+        let seconds = RedisKeys.bytes(Int(retention.components.seconds))
+        var seen = Set<SessionID>()
+        for session in sessions where seen.insert(session).inserted {
+            let key = [base(session)]
+            do {
+                guard try await client.run([RedisScriptCall(script: RedisScripts.complete, keys: key, arguments: [])])[0].int == 1 else {
+                    continue
+                }
+                for state in [TaskState.finished, .failed, .cancelled] {
+                    var first = 0
+                    while true {
+                        let call = RedisScriptCall(
+                            script: RedisScripts.expireTasks, keys: key,
+                            arguments: [seconds, Array(state.rawValue.utf8), RedisKeys.bytes(first), RedisKeys.bytes(10_000)]
+                        )
+                        let done = try await client.run([call], idempotent: true)[0].int ?? 0
+                        first += done
+                        if done < 10_000 { break }
+                    }
+                }
+                _ = try await client.run([RedisScriptCall(script: RedisScripts.expireSession, keys: key, arguments: [seconds])], idempotent: true)
+            } catch {
+                continue
+            }
+        }
     }
 
     // MARK: Encoding
@@ -344,50 +418,13 @@ public struct RedisStateStore: StateStore {
         }
     }
 
-    /// The hash fields of a record (absent optionals are absent fields).
-    static func fields(_ record: TaskRecord) -> [[UInt8]] {
-        var fields: [[UInt8]] = []
-        func add(_ name: String, _ value: [UInt8]?) {
-            guard let value else { return }
-            fields.append(Array(name.utf8))
-            fields.append(value)
-        }
-        add("s", Array(record.state.rawValue.utf8))
-        add("o", record.owner.map { Array($0.rawValue.utf8) })
-        add("l", record.leaseExpiry.map(RedisKeys.bytes))
-        add("r", RedisKeys.bytes(record.retries))
-        add("m", RedisKeys.bytes(record.maxRetries))
-        add("p", RedisKeys.bytes(record.priority))
-        add("to", record.timeout.map { Array(String($0.timeInterval).utf8) })
-        add("sub", RedisKeys.bytes(record.submittedAt))
-        add("st", record.startedAt.map(RedisKeys.bytes))
-        add("c", record.completedAt.map(RedisKeys.bytes))
-        add("e", record.lastError.map { Array($0.utf8) })
-        add("out", record.output)
-        return fields
-    }
-
-    /// A record from `HGETALL`; `nil` for an empty hash (no such task).
+    /// A record from its packed form (``RedisTaskCodec``); `nil` for the nil reply (no such task).
     static func record(_ id: TaskID, _ reply: RedisValue) throws -> TaskRecord? {
-        let items = reply.elements
-        guard !items.isEmpty else { return nil }
-        var map: [String: RedisValue] = [:]
-        for start in stride(from: 0, to: items.count - 1, by: 2) {
-            if let name = items[start].string { map[name] = items[start + 1] }
-        }
-        guard let state = map["s"]?.string.flatMap(TaskState.init(rawValue:)), let submitted = RedisKeys.date(map["sub"]?.string) else {
-            throw GridError(.internalError, "task '\(id)' is stored malformed in Redis", backend: backend)
-        }
-        return TaskRecord(
-            id: id, state: state, owner: map["o"]?.string.map(AgentID.init), leaseExpiry: RedisKeys.date(map["l"]?.string),
-            retries: map["r"]?.int ?? 0, maxRetries: map["m"]?.int ?? SessionOptions.defaultMaxRetries, priority: map["p"]?.int ?? 0,
-            timeout: map["to"]?.string.flatMap(Double.init).map { Duration(timeInterval: $0) }, submittedAt: submitted,
-            startedAt: RedisKeys.date(map["st"]?.string), completedAt: RedisKeys.date(map["c"]?.string), lastError: map["e"]?.string,
-            output: map["out"]?.bytes
-        )
+        guard case .bytes(let packed) = reply else { return nil }
+        return try RedisTaskCodec.decode(id, packed)
     }
 
-    /// Records from a script's `(index, HGETALL)` pairs.
+    /// Records from a script's `(index, packed record)` pairs; missing records are left out.
     static func records(_ session: SessionID, _ reply: RedisValue) throws -> [TaskRecord] {
         let items = reply.elements
         var records: [TaskRecord] = []

@@ -18,12 +18,39 @@ enum RedisValue: Sendable, Equatable {
     /// An error reply (`-ERR …`).
     case error(String)
 
-    /// The value, or a `GridError` if it is an error reply.
-    func checked(backend: String = "redis") throws -> RedisValue {
+    /// The value, or a `GridError` if it is an error reply (see ``RedisValue/gridError(_:context:)``).
+    func checked() throws -> RedisValue {
         if case .error(let message) = self {
-            throw GridError(.unavailable, "Redis answered an error: \(message)", backend: backend)
+            throw Self.gridError(message, context: "Redis answered an error")
         }
         return self
+    }
+
+    /// The `GridError` for an error reply, by its error code (the reply's first word):
+    ///
+    /// | reply | code | why |
+    /// |---|---|---|
+    /// | `NOAUTH`, `WRONGPASS`, `NOPERM` | `unauthorized` | fix the URL's credentials or the ACL; retrying cannot help |
+    /// | `LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`, `TRYAGAIN`, `CLUSTERDOWN`, `OOM`, `MISCONF`, `ERR max number of clients` | `unavailable` | the server is temporarily unable; retry later |
+    /// | `WRONGTYPE` | `conflict` | another program uses keys under this grid's prefix; pick another `prefix` |
+    /// | anything else (`ERR`, script errors) | `internalError` | a bug: the grid sent something Redis rejects |
+    static func gridError(_ message: String, context: String) -> GridError {
+        let word = message.prefix { $0 != " " }
+        let code: GridError.Code
+        switch word {
+        case "NOAUTH", "WRONGPASS", "NOPERM":
+            code = .unauthorized
+        case "LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "OOM", "MISCONF":
+            code = .unavailable
+        case "WRONGTYPE":
+            return GridError(
+                .conflict, "\(context): \(message) (another program uses keys under this grid's prefix; set the prefix option)",
+                backend: "redis"
+            )
+        default:
+            code = message.hasPrefix("ERR max number of clients") ? .unavailable : .internalError
+        }
+        return GridError(code, "\(context): \(message)", backend: "redis")
     }
 
     /// The bytes of a bulk or status reply; `nil` for the nil reply.
