@@ -3,7 +3,7 @@
 # Debian's packages only; nothing is fetched from anywhere else.
 set -euo pipefail
 
-packages=(libsqlite3-dev sqlite3 libhiredis-dev redis-server openssl)
+packages=(libsqlite3-dev sqlite3 libhiredis-dev redis-server openssl postgresql)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
