@@ -3,6 +3,7 @@ import GridKernel
 import Logging
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 /// A pool of connections to one PostgreSQL server: postgres-nio's `PostgresClient`, running for as
 /// long as this object lives.
@@ -64,6 +65,14 @@ public struct PostgresDatabase: Sendable {
     /// How often a waiting lease looks for new messages.
     public let pollInterval: Duration
     let logger: Logger
+    /// When this process last refreshed the planner's statistics of the task table (see ``refreshStatistics()``).
+    private let lastAnalyze = Arc(Mutex<ContinuousClock.Instant?>(nil))
+
+    /// A reference to a value that copies of a struct share.
+    private final class Arc<Value: ~Copyable & Sendable>: Sendable {
+        let value: Value
+        init(_ value: consuming Value) { self.value = value }
+    }
 
     /// Opens the grid in `schema`, creating the schema and its tables on first use.
     ///
@@ -80,6 +89,24 @@ public struct PostgresDatabase: Sendable {
         let database = PostgresDatabase(pool: pool, schema: schema, clock: clock, pollInterval: pollInterval, logger: logger)
         try await database.execute("create schema", PostgresQuery(unsafeSQL: PostgresSchema.ddl(schema: schema)))
         return database
+    }
+
+    /// Refreshes the planner's statistics of the task table after a large submission, at most once
+    /// every 5 seconds per process.
+    ///
+    /// A grid's tables grow in bursts: 20,000 records arrive in a second, long before autovacuum's
+    /// next analyze. Without statistics the planner takes the new rows for a handful and answers a
+    /// claim of 256 tasks with a scan of every pending task (measured: 455 ms per claim at 20,000
+    /// tasks, instead of about 2 ms through the primary key).
+    func refreshStatistics() async throws {
+        let now = ContinuousClock.now
+        let due = lastAnalyze.value.withLock { last in
+            guard last.map({ $0.duration(to: now) >= .seconds(5) }) ?? true else { return false }
+            last = now
+            return true
+        }
+        guard due else { return }
+        try await execute("analyze", "ANALYZE \(unescaped: table("task"))")
     }
 
     /// `"schema".name`: a table of this grid.

@@ -155,6 +155,7 @@ public struct PostgresStateStore: StateStore {
                 FROM unnest(\(tasks.map(\.id.index))::int8[]) AS i
                 ON CONFLICT DO NOTHING
                 """)
+            if tasks.count >= Self.analyzeThreshold { try await database.refreshStatistics() }
             return
         }
         // Arrays cannot hold NULL through the driver: NaN stands for a missing date or timeout, and
@@ -191,7 +192,11 @@ public struct PostgresStateStore: StateStore {
             ) AS j(s, i, st, ho, o, le, r, mr, p, t, sub, sa, ca, he, e, hop, op)
             ON CONFLICT DO NOTHING
             """)
+        if tasks.count >= Self.analyzeThreshold { try await database.refreshStatistics() }
     }
+
+    /// A submission at least this large refreshes the planner's statistics (``PostgresDatabase/refreshStatistics()``).
+    static let analyzeThreshold = 1_000
 
     /// Claims the pending, unowned tasks among `ids` for `owner`.
     ///
