@@ -6,7 +6,7 @@ DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path)
 # The PostgreSQL backend, a package of its own that depends on this one (docs/plugins.md).
 POSTGRES_PLUGIN = Plugins/GridPostgres
 
-.PHONY: deps demo test test-postgres build release bench clean openapi
+.PHONY: deps demo test test-postgres build release bench clean openapi validate-deploy
 
 deps:
 	@scripts/install-deps.sh
@@ -20,8 +20,9 @@ demo: release
 	$(RELEASE_BIN)/htc demo $(DEMO_ARGS)
 
 ## Builds everything in debug and release and runs every test, unit and integration; the Redis
-## suites run against a throw-away redis-server (scripts/with-redis.sh).
-test: deps
+## suites run against a throw-away redis-server (scripts/with-redis.sh). Checks the deployment
+## artifacts first (validate-deploy).
+test: deps validate-deploy
 	$(SWIFT) build --build-tests
 	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh \
 		$(SWIFT) test --skip-build --skip GridIntegrationTests
@@ -41,6 +42,12 @@ test-postgres: deps
 	HTC_TEST_SUITE=make scripts/with-postgres.sh \
 		$(SWIFT) test --package-path $(POSTGRES_PLUGIN) --skip-build --filter GridPostgresIntegrationTests --no-parallel
 	$(SWIFT) build --package-path $(POSTGRES_PLUGIN) -c release
+
+## docker-compose.yml against the compose specification, each Kustomize overlay rendered and validated
+## for Kubernetes 1.30, every Terraform file parsed and its names checked against the grid. The
+## commands and HTC_* variables of the same files are checked by DeploymentArtifactTests (swift test).
+validate-deploy: deps
+	scripts/validate-deploy.sh
 
 ## The acceptance benchmark: 20,000 tasks, 2 agents, 64-byte payloads, on SQLite.
 bench: release

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need, only when they are missing.
-# Debian's packages only; nothing is fetched from anywhere else.
+# Debian's packages, and the validators of the deployment artifacts from PyPI.
 set -euo pipefail
 
-packages=(libsqlite3-dev sqlite3 libhiredis-dev redis-server openssl postgresql)
+packages=(libsqlite3-dev sqlite3 libhiredis-dev redis-server openssl python3 python3-pip postgresql)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -14,5 +14,28 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# kubectl renders the Kustomize overlays (make validate-deploy, DeploymentArtifactTests). Any kubectl
+# will do; Debian's (1.20, kustomize v2.0.3) only when there is none.
+if ! command -v kubectl >/dev/null; then
+    echo "installing: kubernetes-client (kubectl)"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends kubernetes-client
+fi
+# The validators of the deployment artifacts (scripts/validate-deploy.sh), from PyPI, pinned; as a
+# user they go to ~/.local (validate-deploy.sh puts its bin on PATH).
+deploy_tools=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 python-hcl2==8.1.4)
+if ! python3 - "${deploy_tools[@]}" >/dev/null 2>&1 <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(any(version(name) != wanted for name, wanted in (tool.split("==") for tool in sys.argv[1:])))
+PY
+then
+    echo "installing: ${deploy_tools[*]} (pip)"
+    pip_args=(install --quiet --disable-pip-version-check "${deploy_tools[@]}")
+    [ "$(id -u)" -eq 0 ] || pip_args+=(--user)
+    python3 -m pip "${pip_args[@]}" --break-system-packages 2>/dev/null || python3 -m pip "${pip_args[@]}"
 fi
 command -v swift >/dev/null || { echo "swift is not on PATH; install Swift 6 first" >&2; exit 1; }

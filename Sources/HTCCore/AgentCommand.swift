@@ -45,6 +45,9 @@ public struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Append the id of every task whose handler ran to completion to this file (env HTC_RECORD_RUNS; used by htc bench).")
     var recordRuns: String?
 
+    @Option(help: "Keep 'busy' or 'idle' in this file, by whether the agent owns tasks, so a local scaler stops only idle agents (env HTC_STATUS_FILE).")
+    var statusFile: String?
+
     public init() {}
 
     public func run() async throws {
@@ -66,6 +69,9 @@ public struct AgentCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: AgentService(agent: agent), successTerminationBehavior: .gracefullyShutdownGroup)
         ]
+        if let path = statusFile ?? environment.string("HTC_STATUS_FILE") {
+            services.append(.init(service: AgentStatusService(agent: agent, path: path, logger: logger)))
+        }
         if let interval = settings.reaperInterval {
             let reaper = Reaper(backends: backends, configuration: ReaperConfiguration(interval: interval), logger: logger)
             services.append(.init(service: ReaperService(reaper: reaper)))
@@ -112,6 +118,41 @@ struct AgentService: Service {
         } onGracefulShutdown: {
             agent.stop()
         }
+    }
+}
+
+/// Keeps an agent's status file current: `busy` while it owns tasks, `idle` otherwise, written
+/// atomically (a new file renamed over the old) whenever it changes, checked every 100 ms. A local
+/// scaler reads it to choose which agents to stop (``LocalProcessScaler``).
+struct AgentStatusService: Service {
+    let agent: Agent
+    let path: String
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await loop() }
+    }
+
+    private func loop() async {
+        var written: Bool?
+        while !Task.isCancelled {
+            let busy = agent.ownedCount > 0
+            if busy != written {
+                do {
+                    try Self.write(busy ? "busy\n" : "idle\n", to: path)
+                    written = busy
+                } catch {
+                    logger.warning("cannot write the status file", metadata: ["path": "\(path)", "error": "\(error)"])
+                }
+            }
+            guard (try? await Task.sleep(for: .milliseconds(100))) != nil else { return }
+        }
+    }
+
+    static func write(_ text: String, to path: String) throws {
+        let temporary = path + ".tmp"
+        try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
+        guard rename(temporary, path) == 0 else { throw GridError.unavailable("rename \(temporary) → \(path): errno \(errno)") }
     }
 }
 

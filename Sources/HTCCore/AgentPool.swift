@@ -10,6 +10,7 @@ final class AgentPool: Sendable {
     private enum Members: Sendable {
         case processes([Process], recordFiles: [String])
         case inProcess([Agent], runs: RunCounter, task: Task<Void, Never>)
+        case scaled(LocalProcessScaler, autoscaler: Task<Void, Never>, recordFiles: URL)
     }
 
     private let members: Members
@@ -45,6 +46,38 @@ final class AgentPool: Sendable {
             records.append(record)
         }
         return AgentPool(.processes(processes, recordFiles: records))
+    }
+
+    /// Starts `htc-agent` processes through a ``LocalProcessScaler`` driven by an ``Autoscaler``: the
+    /// pool grows with the backlog up to `scaling.maximum` and shrinks to `scaling.minimum` once idle.
+    static func scaled(
+        scaling: ScalingConfiguration,
+        interval: Duration,
+        backends: GridBackends,
+        urls: GridURLs,
+        concurrency: Int,
+        workDirectory: URL,
+        logger: Logger
+    ) async throws -> AgentPool {
+        var arguments = ["--concurrency", String(concurrency)]
+        if let grid = urls.grid { arguments += ["--grid", grid] }
+        if let queue = urls.queue { arguments += ["--queue", queue] }
+        if let state = urls.state { arguments += ["--state", state] }
+        if let payload = urls.payload { arguments += ["--payload", payload] }
+        var environment = ProcessInfo.processInfo.environment
+        if environment["HTC_LOG_LEVEL"] == nil { environment["HTC_LOG_LEVEL"] = "warning" }
+        let records = workDirectory.appendingPathComponent("runs")
+        try FileManager.default.createDirectory(at: records, withIntermediateDirectories: true)
+        let scaler = try LocalProcessScaler(
+            binary: try agentBinary(), arguments: arguments,
+            perAgent: { ["--record-runs", records.appendingPathComponent("\($0).txt").path] },
+            environment: environment, directory: workDirectory.appendingPathComponent("agents"), prefix: "agent", logger: logger
+        )
+        let autoscaler = try Autoscaler(queue: backends.queue, scaler: scaler, configuration: scaling, interval: interval, logger: logger)
+        try await autoscaler.tick()
+        // The pool owns this task and cancels it in `stop()`.
+        let task = Task { await autoscaler.run() }
+        return AgentPool(.scaled(scaler, autoscaler: task, recordFiles: records))
     }
 
     /// Starts `count` agents inside this process.
@@ -85,6 +118,7 @@ final class AgentPool: Sendable {
         switch members {
         case .processes(let processes, _): processes.count
         case .inProcess(let agents, _, _): agents.count
+        case .scaled(let scaler, _, _): scaler.peak
         }
     }
 
@@ -95,17 +129,44 @@ final class AgentPool: Sendable {
         case .processes(let processes, let records):
             for process in processes where process.isRunning { process.terminate() }
             for process in processes { await waitForExit(process) }
-            var runs: [String: Int] = [:]
-            for file in records {
-                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
-                for line in text.split(separator: "\n") { runs[String(line), default: 0] += 1 }
-            }
-            return runs
+            return Self.countRuns(records)
+        case .scaled(let scaler, let autoscaler, let directory):
+            autoscaler.cancel()
+            await autoscaler.value
+            await scaler.stopAll()
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+            return Self.countRuns(files.map { directory.appendingPathComponent($0).path })
         case .inProcess(let agents, let runs, let task):
             for agent in agents { agent.stop() }
             await task.value
             return runs.snapshot()
         }
+    }
+
+    /// Waits until the scaled pool has shrunk to `count` agents, or `timeout` passed; returns whether it
+    /// did. Always true for fixed pools.
+    func waitUntilScaled(to count: Int, timeout: Duration) async -> Bool {
+        guard case .scaled(let scaler, _, _) = members else { return true }
+        let deadline = ContinuousClock.now + timeout
+        while scaler.running.count > count {
+            guard ContinuousClock.now < deadline, (try? await Task.sleep(for: .milliseconds(50))) != nil else { return false }
+        }
+        return true
+    }
+
+    /// Agents the scaled pool started in all, and the most at once; `nil` for fixed pools.
+    var scaling: (started: Int, peak: Int)? {
+        guard case .scaled(let scaler, _, _) = members else { return nil }
+        return (scaler.started, scaler.peak)
+    }
+
+    private static func countRuns(_ files: [String]) -> [String: Int] {
+        var runs: [String: Int] = [:]
+        for file in files {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n") { runs[String(line), default: 0] += 1 }
+        }
+        return runs
     }
 
     /// Whether any agent process exited on its own (it crashed or was killed).

@@ -8,11 +8,13 @@ import Logging
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Run 100,000 tasks on an embedded grid (SQLite + local disk) with 2 agent processes and verify every output."
+        abstract: "Run 100,000 tasks on an embedded grid (SQLite + local disk) with agent processes the local scaler starts and stops, and verify every output.",
+        discussion: "The local process scaler starts one agent, grows the pool with the backlog up to --agents, and stops idle agents once the work is done and the scale-in cool-down has passed."
     )
 
     @Option(help: "Number of tasks.") var tasks = 100_000
-    @Option(help: "Number of agent processes.") var agents = 2
+    @Option(help: "Most agent processes at once.") var agents = 2
+    @Option(help: "Seconds the pool waits, once idle, before it shrinks back to one agent.") var scaleInCooldown = 2.0
     @Option(help: "Input size of each task in bytes.") var payloadBytes = 64
     @Option(help: "Tasks each agent runs at once.") var concurrency = 1024
 
@@ -20,9 +22,15 @@ struct DemoCommand: AsyncParsableCommand {
         LoggingSetup.bootstrap(level: .warning)
         let logger = Logger(label: "htc.demo")
         let directory = FileManager.default.temporaryDirectory.path
-        print("HTC Grid demo: \(tasks.grouped) tasks of \(payloadBytes) bytes, \(agents) agent processes × \(concurrency) slots, SQLite + local disk in a temporary directory under \(directory)")
-        let workload = Workload(
+        print("HTC Grid demo: \(tasks.grouped) tasks of \(payloadBytes) bytes, 1 to \(agents) agent processes × \(concurrency) slots (local process scaler), SQLite + local disk in a temporary directory under \(directory)")
+        guard agents >= 1, scaleInCooldown >= 0 else { throw ValidationError("--agents must be at least 1 and --scale-in-cooldown not negative") }
+        var workload = Workload(
             backend: .sqlite, urls: GridURLs(), tasks: tasks, agents: agents, payloadBytes: payloadBytes, concurrency: concurrency
+        )
+        // One agent's share of the backlog is its slots: the pool reaches --agents as soon as the work
+        // needs more than one agent's slots.
+        workload.scaling = ScalingConfiguration(
+            tasksPerAgent: concurrency, minimum: 1, maximum: agents, scaleInCooldown: Duration(timeInterval: scaleInCooldown)
         )
         let result = try await workload.run(logger: logger, progress: ProgressReporter())
         print("""
@@ -30,6 +38,8 @@ struct DemoCommand: AsyncParsableCommand {
             (submission \(Int(result.submit_per_second).grouped) tasks/s)
             latency from submission to result: p50 \(result.latency_ms.p50) ms, p99 \(result.latency_ms.p99) ms
             verified \(result.verified.grouped) of \(result.tasks.grouped) outputs · lost \(result.lost) · duplicates \(result.duplicates) · failed \(result.failed)
+            agents: \(result.agents_started ?? 0) started by the local scaler, \(result.agents_peak ?? 0) at most at once, \
+            \(result.shrunk_to_minimum == true ? "back to 1 once idle" : "not back to 1 within the cool-down")
             """)
         guard result.verified == result.tasks, result.duplicates == 0 else {
             throw ExitCode.failure

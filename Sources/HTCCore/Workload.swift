@@ -25,6 +25,11 @@ struct Workload: Sendable {
     var timeout: Duration = .seconds(600)
     /// Drive the client side through `htc-server` instead of the backends.
     var server: RemoteGridClient?
+    /// Start agent processes through the local process scaler instead of a fixed pool: the pool grows
+    /// with the backlog to the maximum and, after the work, shrinks to the minimum.
+    var scaling: ScalingConfiguration?
+    /// How often the local scaler decides.
+    var scalingInterval: Duration = .milliseconds(250)
 
     /// The figures `htc bench --json` prints.
     struct Result: Codable, Sendable {
@@ -45,6 +50,11 @@ struct Workload: Sendable {
         var lost: Int
         var duplicates: Int
         var failed: Int
+        /// With ``Workload/scaling``: agents started in all, the most at once, and whether the pool was
+        /// back at its minimum after the work. Not part of the JSON line.
+        var agents_started: Int? = nil
+        var agents_peak: Int? = nil
+        var shrunk_to_minimum: Bool? = nil
 
         /// One JSON line with the keys in the documented order (Foundation's encoder does not keep it).
         var jsonLine: String {
@@ -98,6 +108,11 @@ struct Workload: Sendable {
         let pool: AgentPool
         if backend == .memory {
             pool = try AgentPool.inProcess(count: agents, backends: backends, concurrency: concurrency, logger: logger)
+        } else if let scaling {
+            pool = try await AgentPool.scaled(
+                scaling: scaling, interval: scalingInterval, backends: backends, urls: urls, concurrency: concurrency,
+                workDirectory: workDirectory, logger: logger
+            )
         } else {
             pool = try AgentPool.processes(count: agents, urls: urls, concurrency: concurrency, workDirectory: workDirectory)
         }
@@ -108,6 +123,11 @@ struct Workload: Sendable {
             _ = try? await pool.stop()
             throw error
         }
+        var shrunk: Bool?
+        if let scaling {
+            shrunk = await pool.waitUntilScaled(to: scaling.minimum, timeout: scaling.scaleInCooldown + .seconds(30))
+        }
+        let scaled = pool.scaling
         let runs = try await pool.stop()
         let duplicates = runs.values.filter { $0 > 1 }.count
         var latencies = measured.latencies
@@ -129,7 +149,10 @@ struct Workload: Sendable {
             verified: measured.verified,
             lost: tasks - measured.verified,
             duplicates: duplicates,
-            failed: measured.failed
+            failed: measured.failed,
+            agents_started: scaled?.started,
+            agents_peak: scaled?.peak,
+            shrunk_to_minimum: shrunk
         )
     }
 
