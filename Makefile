@@ -3,8 +3,10 @@ SHELL := /bin/bash
 SWIFT ?= swift
 RELEASE_BIN = $(shell $(SWIFT) build -c release --show-bin-path)
 DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path)
+# The PostgreSQL backend, a package of its own that depends on this one (docs/plugins.md).
+POSTGRES_PLUGIN = Plugins/GridPostgres
 
-.PHONY: deps demo test build release bench clean openapi validate-deploy
+.PHONY: deps demo test test-postgres build release bench clean openapi validate-deploy
 
 deps:
 	@scripts/install-deps.sh
@@ -28,6 +30,18 @@ test: deps validate-deploy
 	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh \
 		$(SWIFT) test --skip-build --filter GridIntegrationTests --no-parallel
 	$(SWIFT) build -c release
+	@if [ -f $(POSTGRES_PLUGIN)/Package.swift ]; then $(MAKE) --no-print-directory test-postgres; \
+	else echo "$(POSTGRES_PLUGIN) is absent: skipping the PostgreSQL plugin"; fi
+
+## The PostgreSQL plugin package: its unit and conformance tests, then its whole-grid test, each
+## against a private cluster (scripts/with-postgres.sh), then its release build.
+test-postgres: deps
+	$(SWIFT) build --package-path $(POSTGRES_PLUGIN) --build-tests
+	HTC_TEST_SUITE=make scripts/with-postgres.sh \
+		$(SWIFT) test --package-path $(POSTGRES_PLUGIN) --skip-build --skip GridPostgresIntegrationTests
+	HTC_TEST_SUITE=make scripts/with-postgres.sh \
+		$(SWIFT) test --package-path $(POSTGRES_PLUGIN) --skip-build --filter GridPostgresIntegrationTests --no-parallel
+	$(SWIFT) build --package-path $(POSTGRES_PLUGIN) -c release
 
 ## docker-compose.yml against the compose specification, each Kustomize overlay rendered and validated
 ## for Kubernetes 1.30, every Terraform file parsed and its names checked against the grid. The

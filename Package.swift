@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "GridSQLite", targets: ["GridSQLite"]),
         .library(name: "GridRedis", targets: ["GridRedis"]),
         .library(name: "GridPlugins", targets: ["GridPlugins"]),
+        // The commands as a library, for plugin packages that build their own htc and htc-agent (docs/plugins.md).
+        .library(name: "HTCCore", targets: ["HTCCore"]),
         .executable(name: "htc", targets: ["htc"]),
         .executable(name: "htc-agent", targets: ["htc-agent"]),
         .executable(name: "htc-server", targets: ["htc-server"]),

@@ -3,7 +3,7 @@
 # Debian's packages, and the validators of the deployment artifacts from PyPI.
 set -euo pipefail
 
-packages=(libsqlite3-dev sqlite3 libhiredis-dev redis-server openssl python3 python3-pip)
+packages=(libsqlite3-dev sqlite3 libhiredis-dev redis-server openssl python3 python3-pip postgresql)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

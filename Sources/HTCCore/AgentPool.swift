@@ -180,13 +180,15 @@ final class AgentPool: Sendable {
         }
     }
 
-    /// The `htc-agent` binary next to the running executable, or `HTC_AGENT_BIN`.
-    static func agentBinary() throws -> URL {
-        if let path = Environment().string("HTC_AGENT_BIN") { return URL(fileURLWithPath: path) }
+    /// `HTC_AGENT_BIN`, or the agent executable of the current ``HTCInstallation`` (`htc-agent` unless
+    /// a plugin package built its own) next to the running executable.
+    static func agentBinary(_ environment: Environment = Environment()) throws -> URL {
+        if let path = environment.string("HTC_AGENT_BIN") { return URL(fileURLWithPath: path) }
+        let name = HTCInstallation.current.agentExecutable
         let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        let candidate = executable.deletingLastPathComponent().appendingPathComponent("htc-agent")
+        let candidate = executable.deletingLastPathComponent().appendingPathComponent(name)
         guard FileManager.default.isExecutableFile(atPath: candidate.path) else {
-            throw GridError.notFound("htc-agent not found next to \(executable.path); build it (swift build) or set HTC_AGENT_BIN")
+            throw GridError.notFound("\(name) not found next to \(executable.path); build it (swift build) or set HTC_AGENT_BIN")
         }
         return candidate
     }

@@ -1,0 +1,96 @@
+// The schema of an HTC Grid in PostgreSQL
+// =======================================
+//
+// All tables live in one schema (`?schema=`, default `htc`), created on first use. Dates are float8
+// seconds since 1970 from the grid's injected clock (never the server's `now()`), durations float8
+// seconds. Ids are `text COLLATE "C"`: sessions are listed in byte order whatever the database's
+// collation.
+//
+// session — one row per session (StateStore). task_count is the next index to reserve, bumped with
+//     `UPDATE … RETURNING` so reservations are atomic.
+//
+// task — one row per task (StateStore), PRIMARY KEY (session, idx). state is the TaskState raw
+//     value; owner and lease_expiry are set only while 'processing'. Every transition is one
+//     `UPDATE … FROM unnest(…) WHERE <expected state and owner> RETURNING …` for the whole batch.
+//   task_by_state (session, state, idx): counts per state and paging through one state.
+//   task_lease (lease_expiry) WHERE state = 'processing': a partial index of running tasks only, so
+//     the reaper finds expired leases with a range scan instead of reading every task.
+//
+// queue — one row per message (TaskQueue): id (identity: enqueue order, FIFO within a priority),
+//     session/idx, priority, payload (inline input or NULL), status (0 ready, 1 leased, 2 released
+//     with a delay), visible_at (when a leased or delayed message comes due), delivery_count. A lease
+//     handle is `<id>:<delivery_count>`: a later delivery bumps the count, so an old handle never
+//     acts on it.
+//   queue_ready (priority, id) WHERE status = 0: a lease finds the first priority band with one
+//     seek and takes the band's first N ids, `FOR UPDATE SKIP LOCKED`, so concurrent agents never
+//     wait for each other nor take the same message.
+//   queue_timer (visible_at) WHERE status <> 0: leased and delayed messages by the time they come due.
+//
+// payload — key text PRIMARY KEY, value bytea (PostgresPayloadStore).
+//
+// The DDL is one `DO` block under a transaction-scoped advisory lock, so processes starting at the
+// same moment create the schema once (`CREATE … IF NOT EXISTS` alone races on the catalogue).
+
+/// Creates the schema described above.
+enum PostgresSchema {
+    /// The advisory lock key taken while creating a schema ("htc-grid" in ASCII, truncated to 63 bits).
+    static let lockKey: Int64 = 0x6874_632d_6772_6964 & Int64.max
+
+    /// The `DO` block creating `schema` and its tables; `schema` must be a checked identifier.
+    static func ddl(schema: String) -> String {
+        let s = "\"\(schema)\""
+        return """
+            DO $htc$
+            BEGIN
+                PERFORM pg_advisory_xact_lock(\(lockKey));
+                CREATE SCHEMA IF NOT EXISTS \(s);
+                CREATE TABLE IF NOT EXISTS \(s).session (
+                    id           text COLLATE "C" PRIMARY KEY,
+                    priority     bigint NOT NULL,
+                    max_retries  bigint NOT NULL,
+                    task_timeout float8,
+                    labels       text NOT NULL,
+                    created_at   float8 NOT NULL,
+                    task_count   bigint NOT NULL DEFAULT 0,
+                    cancelled    boolean NOT NULL DEFAULT false
+                );
+                CREATE TABLE IF NOT EXISTS \(s).task (
+                    session      text COLLATE "C" NOT NULL,
+                    idx          bigint NOT NULL,
+                    state        text NOT NULL,
+                    owner        text,
+                    lease_expiry float8,
+                    retries      bigint NOT NULL,
+                    max_retries  bigint NOT NULL,
+                    priority     bigint NOT NULL,
+                    timeout      float8,
+                    submitted_at float8 NOT NULL,
+                    started_at   float8,
+                    completed_at float8,
+                    last_error   text,
+                    output       bytea,
+                    PRIMARY KEY (session, idx)
+                );
+                CREATE INDEX IF NOT EXISTS task_by_state ON \(s).task (session, state, idx);
+                CREATE INDEX IF NOT EXISTS task_lease ON \(s).task (lease_expiry) WHERE state = 'processing';
+                CREATE TABLE IF NOT EXISTS \(s).queue (
+                    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    session        text COLLATE "C" NOT NULL,
+                    idx            bigint NOT NULL,
+                    priority       bigint NOT NULL,
+                    payload        bytea,
+                    status         smallint NOT NULL DEFAULT 0,
+                    visible_at     float8,
+                    delivery_count bigint NOT NULL DEFAULT 0
+                );
+                CREATE INDEX IF NOT EXISTS queue_ready ON \(s).queue (priority, id) WHERE status = 0;
+                CREATE INDEX IF NOT EXISTS queue_timer ON \(s).queue (visible_at) WHERE status <> 0;
+                CREATE TABLE IF NOT EXISTS \(s).payload (
+                    key   text COLLATE "C" PRIMARY KEY,
+                    value bytea NOT NULL
+                );
+            END
+            $htc$
+            """
+    }
+}
