@@ -1,0 +1,121 @@
+import Foundation
+import GridKernel
+import GridKernelConformance
+import Testing
+
+@testable import GridAWS
+
+// The public conformance suites, wired for the AWS backend, against moto_server
+// (`make test` starts it through scripts/with-moto.sh and sets HTC_TEST_AWS_ENDPOINT). Each case gets
+// its own queues (prefix), table and bucket, named after the case's namespace. Without the variable
+// the suites are skipped, unless `make test` is the caller (HTC_TEST_SUITE=make): then they fail.
+//
+// A second moto checks signatures and IAM policies (HTC_TEST_AWS_AUTH_ENDPOINT); part of each suite
+// runs there too, so a broken signer fails them.
+
+private let skipMessage = "HTC_TEST_AWS_ENDPOINT is unset: run the tests through scripts/with-moto.sh (or make test)"
+
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)), arguments: QueueConformance.Case.allCases)
+func sqsQueue(_ c: QueueConformance.Case) async throws {
+    try await QueueConformance(time: .real(unit: .seconds(1))) { ctx in try await awsTests.queue(ctx.namespace, clock: ctx.clock) }.run(c)
+}
+
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)), arguments: StateConformance.Case.allCases)
+func dynamoDBState(_ c: StateConformance.Case) async throws {
+    try await StateConformance { ctx in try await awsTests.state(ctx.namespace) }.run(c)
+}
+
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)), arguments: PayloadConformance.Case.allCases)
+func s3Payloads(_ c: PayloadConformance.Case) async throws {
+    try await PayloadConformance { ctx in try await awsTests.payloads(ctx.namespace) }.run(c)
+}
+
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)), arguments: [QueueConformance.Case.roundTrip, .acknowledgeRemoves])
+func sqsQueueWithSignatureChecks(_ c: QueueConformance.Case) async throws {
+    try await QueueConformance(time: .real(unit: .seconds(1))) { ctx in try await awsTests.queue(ctx.namespace, clock: ctx.clock, authenticated: true) }
+        .run(c)
+}
+
+@Test(
+    .enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)),
+    arguments: [StateConformance.Case.sessionRoundTrip, .claimWinsOnlyForPendingUnowned, .failRetriesThenFails, .expiredLeasesFoundAndReaped])
+func dynamoDBStateWithSignatureChecks(_ c: StateConformance.Case) async throws {
+    try await StateConformance { ctx in try await awsTests.state(ctx.namespace, authenticated: true) }.run(c)
+}
+
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)), arguments: PayloadConformance.Case.allCases)
+func s3PayloadsWithSignatureChecks(_ c: PayloadConformance.Case) async throws {
+    try await PayloadConformance { ctx in try await awsTests.payloads(ctx.namespace, authenticated: true, virtualHost: false) }.run(c)
+}
+
+/// `make test` must never skip the AWS suites.
+@Test func motoGivenUnderMake() {
+    #expect(
+        awsTests.endpoint != nil || ProcessInfo.processInfo.environment["HTC_TEST_SUITE"] != "make",
+        "HTC_TEST_AWS_ENDPOINT is unset under make test; scripts/with-moto.sh should have started moto_server")
+}
+
+/// A wrong secret is refused by the checking moto, and the error says which action on which resource.
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)))
+func wrongSecretIsRefusedWithTheActionAndResource() async throws {
+    let configuration = S3Configuration(bucket: "denied-\(UUID().uuidString.prefix(8).lowercased())", region: "us-east-1", pathStyle: true)
+    let client = try awsTests.client("s3", authenticated: true, secretSuffix: "-wrong")
+    let store = S3PayloadStore(client: client, configuration: configuration)
+    do {
+        try await store.put("t_1-input", [1, 2, 3])
+        Issue.record("a request signed with a wrong secret must be refused")
+    } catch let error as GridError {
+        #expect(error.code == .unauthorized)
+        #expect(error.message.contains("s3:PutObject"), "\(error.message)")
+        #expect(error.message.contains("s3://\(configuration.bucket)/t_1-input"), "\(error.message)")
+    }
+}
+
+/// Where the test servers are, from the environment.
+enum awsTests {
+    static let environment = ProcessInfo.processInfo.environment
+    static var endpoint: String? { environment["HTC_TEST_AWS_ENDPOINT"].flatMap { $0.isEmpty ? nil : $0 } }
+
+    /// Run the suites when a server is given, and under `make test` (where a missing server fails).
+    static var enabled: Bool { endpoint != nil || environment["HTC_TEST_SUITE"] == "make" }
+
+    static let region = "us-east-1"
+
+    static func client(_ service: String, authenticated: Bool = false, secretSuffix: String = "") throws -> AWSClient {
+        let variable = authenticated ? "HTC_TEST_AWS_AUTH_ENDPOINT" : "HTC_TEST_AWS_ENDPOINT"
+        guard let url = environment[variable], !url.isEmpty else {
+            throw GridError.unavailable("\(variable) is unset; run the tests through make test or scripts/with-moto.sh")
+        }
+        let credentials =
+            authenticated
+            ? AWSCredentials(
+                accessKeyId: environment["HTC_TEST_AWS_AUTH_KEY_ID"] ?? "", secretAccessKey: (environment["HTC_TEST_AWS_AUTH_SECRET"] ?? "") + secretSuffix)
+            : AWSCredentials(accessKeyId: "testing", secretAccessKey: "testing")
+        return AWSClient(
+            service: service, region: region, endpoint: try AWSEndpoint(url), credentials: AWSCredentialsChain([StaticCredentialsProvider(credentials)]),
+            retry: AWSRetryPolicy(maxAttempts: 3))
+    }
+
+    static func queue(_ namespace: String, clock: any GridClock, authenticated: Bool = false) async throws -> SQSTaskQueue {
+        SQSTaskQueue(client: try client("sqs", authenticated: authenticated), configuration: SQSConfiguration(region: region, prefix: namespace), clock: clock)
+    }
+
+    static func state(_ namespace: String, authenticated: Bool = false) async throws -> DynamoDBStateStore {
+        let store = DynamoDBStateStore(
+            client: try client("dynamodb", authenticated: authenticated),
+            configuration: DynamoDBConfiguration(region: region, table: namespace, stateShards: 2, leaseShards: 4))
+        try await store.createTable()
+        return store
+    }
+
+    static func payloads(_ namespace: String, authenticated: Bool = false, virtualHost: Bool = false) async throws -> S3PayloadStore {
+        // 8 MiB values (the suite's largest) go up in two parts.
+        let store = S3PayloadStore(
+            client: try client("s3", authenticated: authenticated),
+            configuration: S3Configuration(
+                bucket: namespace, prefix: "grid/", region: region, pathStyle: !virtualHost, encryption: authenticated ? .s3 : .kms("alias/grid"),
+                multipartThreshold: 5 << 20, partSize: 5 << 20, maxPayloadBytes: 16 << 20))
+        try await store.createBucket()
+        return store
+    }
+}
