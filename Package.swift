@@ -89,7 +89,7 @@ let package = Package(
         .target(
             name: "HTCCore",
             dependencies: [
-                "GridKernel", "GridSQLite", "GridRedis", "GridPlugins",
+                "GridKernel", "GridSQLite", "GridRedis", "GridAWS", "GridPlugins",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,3 +1,4 @@
+import GridAWS
 import GridKernel
 import GridPlugins
 import GridRedis
@@ -11,6 +12,7 @@ let installedPlugins: [any GridBackendPlugin] = [
     InMemoryPlugin(),
     SQLitePlugin(),
     RedisPlugin(),
+    AWSPlugin(),
 ]
 
 extension BackendRegistry {
