@@ -122,6 +122,13 @@ public protocol StateStore: Sendable {
     /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/unavailable``.
     func cancelSession(_ id: SessionID, at: Date) async throws -> CancelCounts
 
+    /// Removes a session's record and all of its task records, whatever their states, and returns how
+    /// many task records were removed. Callers cancel the session first; transitions on a deleted task
+    /// later fail as if the lease were lost (heartbeat, finish and fail leave it out of their results).
+    ///
+    /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/unavailable``.
+    func deleteSession(_ id: SessionID) async throws -> Int
+
     /// Reads one task.
     ///
     /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.

@@ -353,6 +353,40 @@ extension StateConformance {
             try expectEqual(try await store.cancelSession(session, at: at(10)), CancelCounts(), "cancelling a session again")
         }
 
+        func deleteSessionRemovesEverything() async throws {
+            let total = 12_000
+            let (session, ids) = try await makeSession(tasks: total)
+            let (other, otherIDs) = try await makeSession(tasks: 2)
+            _ = try await claim(Array(ids[0..<4]) + [otherIDs[0]], by: agentA, expiry: 10)
+            _ = try await store.finish([TaskCompletion(id: ids[0], output: [7])], owner: agentA, at: at(5))
+            _ = try await store.fail([TaskFailure(id: ids[1], message: "bad", retryable: false)], owner: agentA, at: at(5))
+            _ = try await store.cancel([ids[4]], at: at(5))
+            try expectEqual(try await store.deleteSession(session), total, "task records removed with the session")
+
+            try await expectThrows(code: .notFound, "reading a deleted session") { try await store.session(session) }
+            for id in [ids[0], ids[2], ids[4], ids[total - 1]] {
+                try await expectThrows(code: .notFound, "reading task \(id) of a deleted session") { try await store.task(id) }
+            }
+            try await expectCounts(session, [:])
+            let listed = try await store.sessions(after: nil, limit: 1_000).items.map(\.id)
+            try expectEqual(listed, [other], "sessions listed after a delete")
+            for state in TaskState.allCases {
+                let page = try await store.tasks(session, state: state, after: nil, limit: 100)
+                try expect(page.items.isEmpty && page.next == nil, "\(state) tasks of a deleted session: \(page.items.count)")
+            }
+            let expired = try await store.expiredLeases(now: at(50), limit: 1_000).map(\.id)
+            try expectEqual(expired, [otherIDs[0]], "expired leases after a delete (only the other session's)")
+            let held = try await store.heartbeat([ids[2], ids[3]], owner: agentA, leaseExpiry: at(90))
+            try expect(held.isEmpty, "the former owner of a task of a deleted session cannot heartbeat it, got \(held)")
+            let finished = try await store.finish([TaskCompletion(id: ids[2], output: nil)], owner: agentA, at: at(10))
+            try expect(finished.isEmpty, "the former owner of a task of a deleted session cannot finish it, got \(finished)")
+            let failed = try await store.fail([TaskFailure(id: ids[3], message: "late")], owner: agentA, at: at(10))
+            try expect(failed.isEmpty, "the former owner of a task of a deleted session cannot fail it, got \(failed)")
+            try await expectCounts(other, [.pending: 1, .processing: 1])
+            try await expectThrows(code: .notFound, "deleting a deleted session") { try await store.deleteSession(session) }
+            try await expectThrows(code: .notFound, "deleting an unknown session") { try await store.deleteSession(SessionID.random()) }
+        }
+
         func forceFailSkipsTerminal() async throws {
             let (_, ids) = try await makeSession(tasks: 5)
             _ = try await claim([ids[1], ids[2]], by: agentA)

@@ -45,6 +45,10 @@ public struct StateConformance: Sendable {
         case cancelPendingAndProcessing
         /// `cancelSession` marks the session and cancels its live tasks, not another session's.
         case cancelSessionCancelsAll
+        /// `deleteSession` removes the session and its 12,000 task records in every state; its former
+        /// owners can no longer heartbeat, finish or fail; another session is untouched; deleting again
+        /// throws ``GridKernel/GridError/Code/notFound``.
+        case deleteSessionRemovesEverything
         /// `forceFail` fails every non-terminal task whatever its owner and leaves terminal ones alone.
         case forceFailSkipsTerminal
         /// Unknown tasks and sessions throw ``GridKernel/GridError/Code/notFound``.
@@ -94,6 +98,7 @@ public struct StateConformance: Sendable {
                 case .expiredLeasesFoundAndReaped: try await cases.expiredLeasesFoundAndReaped()
                 case .cancelPendingAndProcessing: try await cases.cancelPendingAndProcessing()
                 case .cancelSessionCancelsAll: try await cases.cancelSessionCancelsAll()
+                case .deleteSessionRemovesEverything: try await cases.deleteSessionRemovesEverything()
                 case .forceFailSkipsTerminal: try await cases.forceFailSkipsTerminal()
                 case .notFoundErrors: try await cases.notFoundErrors()
                 case .countsByState: try await cases.countsByState()

@@ -434,6 +434,33 @@ enum RedisScripts {
         return {p, r}
         """)
 
+    /// ARGV: limit. Deletes up to `limit` task records of the session; once none is left, deletes the
+    /// session's info and index keys too. Returns {removed, done (1/0)}, or {-1} for an unknown session.
+    /// The caller repeats the call until done, so that no single call blocks Redis for long.
+    static let deleteSession = RedisScript(name: "state.deleteSession", source: prelude + """
+        local info = base..':info'
+        if redis.call('EXISTS', info) == 0 then return {-1} end
+        local limit = tonumber(ARGV[1])
+        local removed = 0
+        for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+          local index = base..':state:'..state
+          while removed < limit do
+            local ids = redis.call('ZRANGE', index, 0, math.min(999, limit - removed - 1))
+            if #ids == 0 then break end
+            local keys = {}
+            for j, i in ipairs(ids) do keys[j] = tkey(i) end
+            redis.call('DEL', unpack(keys))
+            redis.call('ZREM', index, unpack(ids))
+            removed = removed + #ids
+          end
+        end
+        if removed < limit then
+          redis.call('DEL', info, base..':leases')
+          return {removed, 1}
+        end
+        return {removed, 0}
+        """)
+
     /// ARGV: state, lower bound (exclusive "(n" or "-inf"), count. Returns pairs (index, HGETALL).
     static let page = RedisScript(name: "state.page", source: prelude + """
         local out = {}

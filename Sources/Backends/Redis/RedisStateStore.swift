@@ -105,6 +105,28 @@ public struct RedisStateStore: StateStore {
         return CancelCounts(pending: reply[0], processing: reply[1])
     }
 
+    /// Removes the session and its task records, 10,000 records per script call so that Redis is
+    /// never blocked for long; then removes it from the session list.
+    ///
+    /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.
+    public func deleteSession(_ id: SessionID) async throws -> Int {
+        var removed = 0
+        while true {
+            let reply = try await client.run([
+                RedisScriptCall(script: RedisScripts.deleteSession, keys: [base(id)], arguments: [RedisKeys.bytes(10_000)])
+            ])[0].elements.map { $0.int ?? 0 }
+            guard reply.count == 2 else {
+                // A repeated call after a dropped reply finds the session gone: report what this call saw.
+                if removed > 0 { break }
+                throw GridError.notFound("session '\(id)' does not exist", backend: Self.backend)
+            }
+            removed += reply[0]
+            if reply[1] == 1 { break }
+        }
+        _ = try await client.send([RedisCommand("ZREM", RedisKeys.sessions(prefix: prefix), id.rawValue)], idempotent: true)[0].checked()
+        return removed
+    }
+
     // MARK: Tasks
 
     /// Creates the tasks that do not exist yet, 1,000 per script call, pipelined.

@@ -376,6 +376,21 @@ public struct SQLiteStateStore: StateStore {
         }
     }
 
+    /// Removes a session and all its task records, in one transaction.
+    ///
+    /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/unavailable``.
+    public func deleteSession(_ id: SessionID) async throws -> Int {
+        let backend = self.backend
+        return try await database.write("deleteSession") { db in
+            try db.cachedStatement(sql: "DELETE FROM session WHERE id = ?").execute(arguments: [id.rawValue])
+            guard db.changesCount > 0 else {
+                throw GridError.notFound("session \(id) does not exist", backend: backend)
+            }
+            try db.cachedStatement(sql: "DELETE FROM task WHERE session = ?").execute(arguments: [id.rawValue])
+            return db.changesCount
+        }
+    }
+
     private static func cancelSQL(scope: String) -> String {
         """
         UPDATE task SET state = 'cancelled', owner = NULL, lease_expiry = NULL, completed_at = ?

@@ -222,6 +222,30 @@ public struct GridClient: Sendable {
         try await backends.state.cancelSession(session, at: clock.now)
     }
 
+    /// Deletes a session: cancels it (so agents stop its running tasks and drop its queued messages),
+    /// removes its records, then its payloads (inputs, outputs and the session payload), 1,000 keys
+    /// per call.
+    ///
+    /// - Returns: how many task records were removed.
+    /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``. Repeating a delete that
+    ///   failed half-way is safe until the records are gone; payloads left behind by a failure after that
+    ///   point are orphans no reader can reach.
+    @discardableResult
+    public func deleteSession(_ session: SessionID) async throws -> Int {
+        let record = try await backends.state.session(session)
+        _ = try await backends.state.cancelSession(session, at: clock.now)
+        let removed = try await backends.state.deleteSession(session)
+        try await backends.payloads.delete([PayloadKey.sessionPayload(session)])
+        for start in stride(from: 0, to: record.taskCount, by: 500) {
+            let keys = (start..<min(start + 500, record.taskCount)).flatMap { index -> [String] in
+                let id = TaskID(session: session, index: index)
+                return [PayloadKey.input(id), PayloadKey.output(id)]
+            }
+            try await backends.payloads.delete(keys)
+        }
+        return removed
+    }
+
     /// Cancels tasks.
     ///
     /// - Throws: ``GridError/Code/unavailable``.

@@ -120,6 +120,26 @@ public actor InMemoryStateStore: StateStore {
         return cancelTasks(live, at: at)
     }
 
+    /// Removes the session and all its task records.
+    ///
+    /// - Throws: ``GridError/Code/notFound`` for an unknown session.
+    public func deleteSession(_ id: SessionID) async throws -> Int {
+        _ = try existingSession(id)
+        sessionRecords[id] = nil
+        sessionOrder.remove(id)
+        guard let index = indexes.removeValue(forKey: id) else { return 0 }
+        var removed = 0
+        for state in TaskState.allCases {
+            for taskIndex in index[state].all {
+                let taskID = TaskID(session: id, index: taskIndex)
+                guard let record = records.removeValue(forKey: taskID) else { continue }
+                if let key = Self.expiryKey(record) { expiries.remove(key) }
+                removed += 1
+            }
+        }
+        return removed
+    }
+
     // MARK: - Tasks
 
     /// Creates the records of tasks that do not exist yet; existing ones are left as they are.
