@@ -15,10 +15,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# moto_server for the AWS backend's tests (scripts/with-moto.sh). Debian's Python refuses pip installs
+# moto for the AWS backend's tests (scripts/with-moto.sh). Debian's Python refuses pip installs
 # outside a virtual environment (PEP 668) unless told otherwise; as a user the install goes to ~/.local.
 moto_version="5.2.1"
-if ! command -v moto_server >/dev/null || ! python3 -c 'import moto, boto3' >/dev/null 2>&1; then
+if ! python3 -c 'import moto.moto_server.werkzeug_app, boto3' >/dev/null 2>&1; then
     echo "installing: moto[server]==$moto_version (pip)"
     pip_args=(install --quiet --disable-pip-version-check "moto[server]==$moto_version")
     [ "$(id -u)" -eq 0 ] || pip_args+=(--user)

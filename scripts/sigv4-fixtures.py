@@ -69,8 +69,11 @@ def botocore_sign(service, region, method, host, path, query, headers, body, key
     auth = auth_class(Credentials(key, secret, token), service, region)
     with mock.patch.object(botocore.auth, "get_current_datetime", FixedClock(stamp)):
         auth.add_auth(request)
+        authorization = request.headers["Authorization"]
+        # The canonical request as signed: without the authorization header added by signing.
+        del request.headers["Authorization"]
         canonical = auth.canonical_request(request)
-    return request.headers["Authorization"], canonical
+    return authorization, canonical
 
 
 def suite_cases():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs a command with two throw-away moto_server instances (AWS SQS, DynamoDB, S3 and IAM emulated)
+# Runs a command with two throw-away moto servers (AWS SQS, DynamoDB, S3 and IAM emulated)
 # on 127.0.0.1 and free ports:
 #   scripts/with-moto.sh CMD ARGS…
 # Exports for the command:
@@ -9,19 +9,19 @@
 # and always stops both servers and removes their directory afterwards, whatever the outcome.
 set -euo pipefail
 
-# pip --user puts moto_server in ~/.local/bin.
-export PATH="$PATH:$HOME/.local/bin"
-command -v moto_server >/dev/null || { echo "moto_server is not installed; run scripts/install-deps.sh" >&2; exit 1; }
+python3 -c 'import moto.moto_server.werkzeug_app, boto3' 2>/dev/null || { echo "moto[server] is not installed; run scripts/install-deps.sh" >&2; exit 1; }
+here=$(cd "$(dirname "$0")" && pwd)
 dir=$(mktemp -d "${TMPDIR:-/tmp}/htc-moto.XXXXXX")
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
 port=$(free_port)
 auth_port=$(free_port)
 while [ "$auth_port" = "$port" ]; do auth_port=$(free_port); done
 
-moto_server -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+# Single-threaded: see scripts/moto-server.py (moto's conditional writes are not atomic across threads).
+python3 "$here/moto-server.py" 127.0.0.1 "$port" >"$dir/moto.log" 2>&1 &
 pid=$!
 # Signature checking starts after the three IAM calls below that create the test user.
-INITIAL_NO_AUTH_ACTION_COUNT=3 moto_server -H 127.0.0.1 -p "$auth_port" >"$dir/moto-auth.log" 2>&1 &
+INITIAL_NO_AUTH_ACTION_COUNT=3 python3 "$here/moto-server.py" 127.0.0.1 "$auth_port" >"$dir/moto-auth.log" 2>&1 &
 auth_pid=$!
 cleanup() {
     kill "$pid" "$auth_pid" 2>/dev/null || true

@@ -92,15 +92,10 @@ public struct DynamoDBStateStore: StateStore {
             throw GridError.notFound("session '\(id)' does not exist", backend: "dynamodb")
         }
         var counts = CancelCounts()
-        for state in [TaskState.pending, .processing] {
-            while true {
-                let page = try await tasks(id, state: state, after: nil, limit: 1_000)
-                if page.items.isEmpty { break }
-                let cancelled = try await cancel(page.items.map(\.id), at: at)
-                counts.pending += cancelled.pending
-                counts.processing += cancelled.processing
-                if page.next == nil { break }
-            }
+        try await forEachPage(id, states: [.pending, .processing]) { records in
+            let cancelled = try await cancel(records.map(\.id), at: at)
+            counts.pending += cancelled.pending
+            counts.processing += cancelled.processing
         }
         return counts
     }
@@ -113,17 +108,25 @@ public struct DynamoDBStateStore: StateStore {
     public func deleteSession(_ id: SessionID) async throws -> Int {
         _ = try await session(id)
         var removed = 0
-        for state in TaskState.allCases {
-            while true {
-                let page = try await tasks(id, state: state, after: nil, limit: 1_000)
-                if page.items.isEmpty { break }
-                try await batchWrite(page.items.map { ["DeleteRequest": ["Key": ["pk": D.s(D.taskKey($0.id))]]] })
-                removed += page.items.count
-                if page.next == nil { break }
-            }
+        try await forEachPage(id, states: TaskState.allCases) { records in
+            try await batchWrite(records.map { ["DeleteRequest": ["Key": ["pk": D.s(D.taskKey($0.id))]]] })
+            removed += records.count
         }
         _ = try await call("DeleteItem", ["Key": ["pk": D.s(D.sessionKey(id))]], resource: "session \(id)")
         return removed
+    }
+
+    /// Runs `body` on each page of the session's tasks in the given states, following the cursor (so a
+    /// record the index still shows after `body` changed it is not handled twice).
+    private func forEachPage(_ session: SessionID, states: [TaskState], _ body: ([TaskRecord]) async throws -> Void) async throws {
+        for state in states {
+            var cursor: String?
+            repeat {
+                let page = try await tasks(session, state: state, after: cursor, limit: 1_000)
+                if !page.items.isEmpty { try await body(page.items) }
+                cursor = page.next
+            } while cursor != nil
+        }
     }
 
     // MARK: Creating and reading tasks
@@ -396,7 +399,9 @@ public struct DynamoDBStateStore: StateStore {
         var start: JSON?
         repeat {
             var request: [String: JSON] = [
-                "IndexName": .string(index), "KeyConditionExpression": .string(condition), "ExpressionAttributeNames": .object(names.mapValues { .string($0) }),
+                "IndexName": .string(index), "KeyConditionExpression": .string(condition),
+                // DynamoDB refuses names the expression does not use.
+                "ExpressionAttributeNames": .object(names.filter { condition.contains($0.key) }.mapValues { .string($0) }),
                 "ExpressionAttributeValues": .object(values), "Limit": .int(Swift.min(limit - items.count, 1_000)),
             ]
             if let start { request["ExclusiveStartKey"] = start }
