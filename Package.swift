@@ -140,7 +140,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GridIntegrationTests",
-            dependencies: ["HTCCore", "GridKernel", "GridSQLite", "GridPlugins"],
+            dependencies: ["HTCCore", "GridKernel", "GridSQLite", "GridAWS", "GridPlugins"],
             path: "IntegrationTests/GridIntegrationTests"
         ),
     ],
