@@ -469,7 +469,7 @@ public struct DynamoDBConfiguration: Sendable, Hashable {
     public var batchRetries: Int
 
     /// Creates a configuration.
-    public init(region: String, table: String, stateShards: Int = 1, leaseShards: Int = 8, concurrency: Int = 16, batchRetries: Int = 10) {
+    public init(region: String, table: String, stateShards: Int = 1, leaseShards: Int = 8, concurrency: Int = 8, batchRetries: Int = 10) {
         self.region = region
         self.table = table
         self.stateShards = stateShards

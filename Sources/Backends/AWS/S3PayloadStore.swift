@@ -199,7 +199,7 @@ public struct S3Configuration: Sendable, Hashable {
     /// Creates a configuration.
     public init(
         bucket: String, prefix: String = "", region: String, pathStyle: Bool = false, encryption: Encryption = .none,
-        multipartThreshold: Int = 16 << 20, partSize: Int = 8 << 20, maxPayloadBytes: Int = 64 << 20, concurrency: Int = 16
+        multipartThreshold: Int = 16 << 20, partSize: Int = 8 << 20, maxPayloadBytes: Int = 64 << 20, concurrency: Int = 8
     ) {
         self.bucket = bucket
         self.prefix = prefix

@@ -41,16 +41,12 @@ public final class SQSTaskQueue: DeadLetteringTaskQueue {
     // MARK: TaskQueue
 
     public func enqueue(_ tasks: [QueuedTask]) async throws {
-        let byPriority = Dictionary(grouping: tasks, by: \.priority)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for (priority, tasks) in byPriority {
-                let url = try await queueURL(priority, create: true)
-                for batch in try Self.batches(tasks, maxBytes: configuration.maxMessageBytes) {
-                    group.addTask { try await self.send(batch, to: url) }
-                }
-            }
-            try await group.waitForAll()
+        var calls: [(url: String, batch: [QueuedTask])] = []
+        for (priority, tasks) in Dictionary(grouping: tasks, by: \.priority) {
+            let url = try await queueURL(priority, create: true)
+            calls += try Self.batches(tasks, maxBytes: configuration.maxMessageBytes).map { (url, $0) }
         }
+        _ = try await calls.concurrentMap(width: configuration.concurrency) { call in try await self.send(call.batch, to: call.url) }
     }
 
     public func lease(max: Int, duration: Duration, order: PriorityOrder, wait: Duration) async throws -> [Lease] {
@@ -180,15 +176,24 @@ public final class SQSTaskQueue: DeadLetteringTaskQueue {
         let url: String
         if create {
             let deadLetterArn = try await deadLetterArn()
-            let policy = JSON.object(["deadLetterTargetArn": .string(deadLetterArn), "maxReceiveCount": .int(configuration.maxReceiveCount)])
-            let answer = try await client.json(
-                "AmazonSQS", "CreateQueue",
-                [
-                    "QueueName": .string(name),
-                    "Attributes": ["RedrivePolicy": .string(String(decoding: policy.bytes(), as: UTF8.self)), "MessageRetentionPeriod": "1209600"],
-                ], resource: name, repeatability: .safe)
-            guard let created = answer["QueueUrl"]?.string else { throw GridError(.internalError, "sqs:CreateQueue \(name) answered without QueueUrl", backend: "sqs") }
-            url = created
+            // Written by hand so that every process sends the same text: SQS compares the attributes of
+            // an existing queue with a CreateQueue's, and a JSON object's key order is not fixed.
+            let policy = #"{"deadLetterTargetArn":"\#(deadLetterArn)","maxReceiveCount":\#(configuration.maxReceiveCount)}"#
+            do {
+                let answer = try await client.json(
+                    "AmazonSQS", "CreateQueue",
+                    ["QueueName": .string(name), "Attributes": ["RedrivePolicy": .string(policy), "MessageRetentionPeriod": "1209600"]],
+                    resource: name, repeatability: .safe)
+                guard let created = answer["QueueUrl"]?.string else {
+                    throw GridError(.internalError, "sqs:CreateQueue \(name) answered without QueueUrl", backend: "sqs")
+                }
+                url = created
+            } catch let error as GridError where (error.underlying as? AWSServiceError)?.code.contains("QueueNameExists") == true
+                || (error.underlying as? AWSServiceError)?.code.contains("QueueAlreadyExists") == true
+            {
+                // The queue exists with other attributes (e.g. a redrive limit set by Terraform): use it.
+                return try await queueURL(priority, create: false)
+            }
         } else {
             let answer = try await client.json("AmazonSQS", "GetQueueUrl", ["QueueName": .string(name)], resource: name, repeatability: .safe)
             guard let found = answer["QueueUrl"]?.string else { throw GridError(.internalError, "sqs:GetQueueUrl \(name) answered without QueueUrl", backend: "sqs") }
@@ -332,17 +337,14 @@ public final class SQSTaskQueue: DeadLetteringTaskQueue {
     /// Runs `body` for each batch of at most 10 leases of one queue, concurrently.
     private func forEachBatch(_ leases: [Lease], _ body: @escaping @Sendable (String, [Lease]) async throws -> Void) async throws {
         guard !leases.isEmpty else { return }
-        let byPriority = Dictionary(grouping: leases, by: \.priority)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for (priority, leases) in byPriority {
-                let url = try await queueURL(priority, create: false)
-                for start in stride(from: 0, to: leases.count, by: 10) {
-                    let batch = Array(leases[start..<Swift.min(start + 10, leases.count)])
-                    group.addTask { try await body(url, batch) }
-                }
+        var calls: [(url: String, batch: [Lease])] = []
+        for (priority, leases) in Dictionary(grouping: leases, by: \.priority) {
+            let url = try await queueURL(priority, create: false)
+            for start in stride(from: 0, to: leases.count, by: 10) {
+                calls.append((url, Array(leases[start..<Swift.min(start + 10, leases.count)])))
             }
-            try await group.waitForAll()
         }
+        _ = try await calls.concurrentMap(width: configuration.concurrency) { call in try await body(call.url, call.batch) }
     }
 
     /// The leases this queue handed out that have not expired, been acknowledged or released.
@@ -430,11 +432,13 @@ public struct SQSConfiguration: Sendable, Hashable {
     public var maxMessageBytes: Int
     /// How often entries a batch call failed are sent again.
     public var batchRetries: Int
+    /// Batch calls in flight within one operation (async-http-client keeps 8 connections per host).
+    public var concurrency: Int
 
     /// Creates a configuration.
     public init(
         region: String, prefix: String, maxReceiveCount: Int = 1000, queueRefresh: Duration = .seconds(10),
-        maxMessageBytes: Int = 256 * 1024, batchRetries: Int = 8
+        maxMessageBytes: Int = 256 * 1024, batchRetries: Int = 8, concurrency: Int = 8
     ) {
         self.region = region
         self.prefix = prefix
@@ -442,5 +446,6 @@ public struct SQSConfiguration: Sendable, Hashable {
         self.queueRefresh = queueRefresh
         self.maxMessageBytes = maxMessageBytes
         self.batchRetries = batchRetries
+        self.concurrency = concurrency
     }
 }
