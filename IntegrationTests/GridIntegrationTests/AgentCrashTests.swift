@@ -91,13 +91,14 @@ func expectEveryOutput(
     return retried
 }
 
-func waitUntil(timeout: Duration, _ what: String, _ condition: () async throws -> Bool) async throws {
+/// Polls `condition` every `interval` until it holds; records an issue and throws after `timeout`.
+func waitUntil(timeout: Duration, every interval: Duration = .milliseconds(10), _ what: String, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
         guard ContinuousClock.now < deadline else {
             Issue.record("timed out waiting until \(what)")
             throw CancellationError()
         }
-        try await Task.sleep(for: .milliseconds(10))
+        try await Task.sleep(for: interval)
     }
 }
