@@ -20,14 +20,15 @@ demo: release
 	$(RELEASE_BIN)/htc demo $(DEMO_ARGS)
 
 ## Builds everything in debug and release and runs every test, unit and integration; the Redis
-## suites run against a throw-away redis-server (scripts/with-redis.sh). Checks the deployment
-## artifacts first (validate-deploy).
+## suites run against a throw-away redis-server (scripts/with-redis.sh), the AWS suites against
+## throw-away moto_servers (scripts/with-moto.sh). Checks the deployment artifacts first
+## (validate-deploy) and ends with the PostgreSQL plugin package (test-postgres).
 test: deps validate-deploy
 	$(SWIFT) build --build-tests
-	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh \
+	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh scripts/with-moto.sh \
 		$(SWIFT) test --skip-build --skip GridIntegrationTests
 	# Whole-grid tests start agent processes and servers of their own: one at a time.
-	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh \
+	HTC_AGENT_BIN=$(DEBUG_BIN)/htc-agent HTC_TEST_SUITE=make scripts/with-redis.sh scripts/with-moto.sh \
 		$(SWIFT) test --skip-build --filter GridIntegrationTests --no-parallel
 	$(SWIFT) build -c release
 	@if [ -f $(POSTGRES_PLUGIN)/Package.swift ]; then $(MAKE) --no-print-directory test-postgres; \

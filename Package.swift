@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "GridKernelConformance", targets: ["GridKernelConformance"]),
         .library(name: "GridSQLite", targets: ["GridSQLite"]),
         .library(name: "GridRedis", targets: ["GridRedis"]),
+        .library(name: "GridAWS", targets: ["GridAWS"]),
         .library(name: "GridPlugins", targets: ["GridPlugins"]),
         // The commands as a library, for plugin packages that build their own htc and htc-agent (docs/plugins.md).
         .library(name: "HTCCore", targets: ["HTCCore"]),
@@ -29,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // The model, the four backend protocols, the engine and the in-memory reference backends.
@@ -65,6 +67,20 @@ let package = Package(
             ],
             path: "Sources/Backends/Redis"
         ),
+        // SQS queue, DynamoDB state store and S3 payload store, over the AWS wire protocols: one SigV4
+        // signer, one credentials chain and one retry policy, on async-http-client.
+        .target(
+            name: "GridAWS",
+            dependencies: [
+                "GridKernel",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Backends/AWS"
+        ),
         // The backend registry: URL scheme to factory.
         .target(
             name: "GridPlugins",
@@ -75,7 +91,7 @@ let package = Package(
         .target(
             name: "HTCCore",
             dependencies: [
-                "GridKernel", "GridSQLite", "GridRedis", "GridPlugins",
+                "GridKernel", "GridSQLite", "GridRedis", "GridAWS", "GridPlugins",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -111,6 +127,16 @@ let package = Package(
         .testTarget(name: "GridSQLiteTests", dependencies: ["GridSQLite", "GridKernel", "GridKernelConformance"]),
         .testTarget(name: "GridRedisTests", dependencies: ["GridRedis", "GridKernel", "GridKernelConformance"]),
         .testTarget(
+            name: "GridAWSTests",
+            dependencies: [
+                "GridAWS", "GridKernel", "GridKernelConformance",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
             name: "HTCCoreTests",
             dependencies: [
                 "HTCCore", "GridKernel", "GridPlugins",
@@ -131,7 +157,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GridIntegrationTests",
-            dependencies: ["HTCCore", "GridKernel", "GridSQLite", "GridPlugins"],
+            dependencies: ["HTCCore", "GridKernel", "GridSQLite", "GridAWS", "GridPlugins"],
             path: "IntegrationTests/GridIntegrationTests"
         ),
     ],

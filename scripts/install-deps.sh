@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need, only when they are missing.
-# Debian's packages, and the validators of the deployment artifacts from PyPI.
+# Debian's packages, and from PyPI the validators of the deployment artifacts, moto (the AWS emulator
+# the AWS suites run against) and the HTC-Grid contract test's modules.
 set -euo pipefail
 
 packages=(libsqlite3-dev sqlite3 libhiredis-dev redis-server openssl python3 python3-pip postgresql)
@@ -47,6 +48,15 @@ done
 if [ ${#python_missing[@]} -gt 0 ]; then
     echo "installing: ${python_missing[*]} (pip)"
     pip_args=(install --quiet --disable-pip-version-check "${python_missing[@]}")
+    [ "$(id -u)" -eq 0 ] || pip_args+=(--user)
+    python3 -m pip "${pip_args[@]}" --break-system-packages 2>/dev/null || python3 -m pip "${pip_args[@]}"
+fi
+# moto for the AWS backend's tests (scripts/with-moto.sh). Debian's Python refuses pip installs
+# outside a virtual environment (PEP 668) unless told otherwise; as a user the install goes to ~/.local.
+moto_version="5.2.1"
+if ! python3 -c 'import moto.moto_server.werkzeug_app, boto3' >/dev/null 2>&1; then
+    echo "installing: moto[server]==$moto_version (pip)"
+    pip_args=(install --quiet --disable-pip-version-check "moto[server]==$moto_version")
     [ "$(id -u)" -eq 0 ] || pip_args+=(--user)
     python3 -m pip "${pip_args[@]}" --break-system-packages 2>/dev/null || python3 -m pip "${pip_args[@]}"
 fi

@@ -56,23 +56,7 @@ import Testing
         victim.waitUntilExit()
         #expect(victim.terminationReason == .uncaughtSignal)
 
-        let counts = try await client.wait(for: session.id, expected: total, pollInterval: .milliseconds(50), timeout: .seconds(180))
-        #expect(counts[.finished] == total)
-        #expect(counts[.pending] == 0 && counts[.processing] == 0 && counts[.failed] == 0)
-
-        var seen = Set<Int>()
-        var retried = 0
-        var cursor: String?
-        repeat {
-            let page = try await client.results(session.id, state: .finished, after: cursor, limit: 5_000)
-            for result in page.items {
-                #expect(seen.insert(result.record.id.index).inserted, "task \(result.record.id) listed twice")
-                #expect(result.output == inputs[result.record.id.index], "wrong output for \(result.record.id)")
-                if result.record.retries > 0 { retried += 1 }
-            }
-            cursor = page.next
-        } while cursor != nil
-        #expect(seen.count == total)
+        let retried = try await expectEveryOutput(client, session.id, inputs: inputs, pollInterval: .milliseconds(50), timeout: .seconds(180))
         // The tasks the victim held came back through the reaper: the recovery path really ran.
         #expect(retried > 0)
 
@@ -82,13 +66,39 @@ import Testing
     }
 }
 
-func waitUntil(timeout: Duration, _ what: String, _ condition: () async throws -> Bool) async throws {
+/// Waits until every task of the session is terminal, then checks that all finished, that each is
+/// listed once with the output its input gives (an echo), and returns how many were retried.
+func expectEveryOutput(
+    _ client: GridClient, _ session: SessionID, inputs: [[UInt8]], pollInterval: Duration, timeout: Duration
+) async throws -> Int {
+    let total = inputs.count
+    let counts = try await client.wait(for: session, expected: total, pollInterval: pollInterval, timeout: timeout)
+    #expect(counts[.finished] == total)
+    #expect(counts[.pending] == 0 && counts[.processing] == 0 && counts[.failed] == 0)
+    var seen = Set<Int>()
+    var retried = 0
+    var cursor: String?
+    repeat {
+        let page = try await client.results(session, state: .finished, after: cursor, limit: 1_000)
+        for result in page.items {
+            #expect(seen.insert(result.record.id.index).inserted, "task \(result.record.id) listed twice")
+            #expect(result.output == inputs[result.record.id.index], "wrong output for \(result.record.id)")
+            if result.record.retries > 0 { retried += 1 }
+        }
+        cursor = page.next
+    } while cursor != nil
+    #expect(seen.count == total, "outputs verified: \(seen.count) of \(total)")
+    return retried
+}
+
+/// Polls `condition` every `interval` until it holds; records an issue and throws after `timeout`.
+func waitUntil(timeout: Duration, every interval: Duration = .milliseconds(10), _ what: String, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
         guard ContinuousClock.now < deadline else {
             Issue.record("timed out waiting until \(what)")
             throw CancellationError()
         }
-        try await Task.sleep(for: .milliseconds(10))
+        try await Task.sleep(for: interval)
     }
 }

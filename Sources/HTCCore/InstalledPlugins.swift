@@ -1,3 +1,4 @@
+import GridAWS
 import GridKernel
 import GridPlugins
 import GridRedis
@@ -12,6 +13,7 @@ let builtInPlugins: [any GridBackendPlugin] = [
     InMemoryPlugin(),
     SQLitePlugin(),
     RedisPlugin(),
+    AWSPlugin(),
 ]
 
 /// What one build of the executables is made of: the backend plugins it links beyond the built-in

@@ -1,0 +1,480 @@
+import Foundation
+import GridKernel
+
+/// The state store on Amazon DynamoDB: one table, every transition one conditional `UpdateItem`.
+///
+/// Each transition's `ConditionExpression` checks the state (and the owner, or the lease expiry),
+/// so exactly one of several concurrent writers wins, as the kernel requires. Creation goes through
+/// `BatchWriteItem` (25 items a call, `UnprocessedItems` sent again), after a consistent
+/// `BatchGetItem` that leaves existing tasks as they are. Listings query global secondary indexes
+/// and follow `LastEvaluatedKey`. The layout is documented on ``DynamoDBItem`` and in docs/backends.md.
+public struct DynamoDBStateStore: StateStore {
+    let client: AWSClient
+    let configuration: DynamoDBConfiguration
+
+    /// Creates a store on a DynamoDB client.
+    public init(client: AWSClient, configuration: DynamoDBConfiguration) {
+        self.client = client
+        self.configuration = configuration
+    }
+
+    private var table: String { configuration.table }
+    private typealias Item = DynamoDBItem.Item
+    private typealias D = DynamoDBItem
+
+    // MARK: Sessions
+
+    public func createSession(_ session: SessionRecord) async throws {
+        do {
+            _ = try await call(
+                "PutItem",
+                ["Item": .object(D.item(session)), "ConditionExpression": "attribute_not_exists(pk)"], resource: "session \(session.id)")
+        } catch let error as GridError where Self.conditionFailed(error) {
+            throw GridError(.conflict, "session '\(session.id)' already exists", backend: "dynamodb")
+        }
+    }
+
+    public func session(_ id: SessionID) async throws -> SessionRecord {
+        guard let item = try await getItem(D.sessionKey(id)) else {
+            throw GridError.notFound("session '\(id)' does not exist", backend: "dynamodb")
+        }
+        return try D.session(item)
+    }
+
+    public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
+        try Self.check(limit: limit)
+        var condition = "#kind = :kind"
+        var values: Item = [":kind": D.s("session")]
+        if let cursor {
+            guard (try? SessionID(cursor)) != nil else {
+                throw GridError.invalidArgument("cursor '\(cursor)' is malformed; pass the 'next' value of the previous page", backend: "dynamodb")
+            }
+            condition += " AND #sid > :after"
+            values[":after"] = D.s(cursor)
+        }
+        let items = try await query(
+            index: "sessions", condition: condition, names: ["#kind": "kind", "#sid": "sid"], values: values, limit: limit + 1)
+        let sessions = try items.prefix(limit).map(D.session)
+        return Page(items: sessions, next: items.count > limit ? sessions.last?.id.rawValue : nil)
+    }
+
+    public func reserveTaskIndices(_ session: SessionID, count: Int) async throws -> Range<Int> {
+        guard count >= 0 else { throw GridError.invalidArgument("count is \(count); it must not be negative", backend: "dynamodb") }
+        do {
+            let answer = try await call(
+                "UpdateItem",
+                [
+                    "Key": ["pk": D.s(D.sessionKey(session))], "UpdateExpression": "ADD #count :n",
+                    "ConditionExpression": "attribute_exists(pk) AND #cancelled = :false",
+                    "ExpressionAttributeNames": ["#count": "count", "#cancelled": "cancelled"],
+                    "ExpressionAttributeValues": [":n": D.n(count), ":false": D.bool(false)], "ReturnValues": "UPDATED_NEW",
+                ], resource: "session \(session)", repeatability: .unsafe)
+            guard let end = D.int(answer["Attributes"]?.object ?? [:], "count") else {
+                throw GridError(.internalError, "UpdateItem of session \(session) returned no count", backend: "dynamodb")
+            }
+            return (end - count)..<end
+        } catch let error as GridError where Self.conditionFailed(error) {
+            let record = try await self.session(session)
+            if record.cancelled { throw GridError(.conflict, "session '\(session)' was cancelled; it takes no more tasks", backend: "dynamodb") }
+            throw error
+        }
+    }
+
+    public func cancelSession(_ id: SessionID, at: Date) async throws -> CancelCounts {
+        do {
+            _ = try await call(
+                "UpdateItem",
+                [
+                    "Key": ["pk": D.s(D.sessionKey(id))], "UpdateExpression": "SET #cancelled = :true", "ConditionExpression": "attribute_exists(pk)",
+                    "ExpressionAttributeNames": ["#cancelled": "cancelled"], "ExpressionAttributeValues": [":true": D.bool(true)],
+                ], resource: "session \(id)")
+        } catch let error as GridError where Self.conditionFailed(error) {
+            throw GridError.notFound("session '\(id)' does not exist", backend: "dynamodb")
+        }
+        var counts = CancelCounts()
+        try await forEachPage(id, states: [.pending, .processing]) { records in
+            let cancelled = try await cancel(records.map(\.id), at: at)
+            counts.pending += cancelled.pending
+            counts.processing += cancelled.processing
+        }
+        return counts
+    }
+
+    /// Removes a session's record and all of its task records, whatever their states, and returns how
+    /// many task records were removed.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/notFound`` when the session does not exist;
+    ///   ``GridKernel/GridError/Code/unavailable``.
+    public func deleteSession(_ id: SessionID) async throws -> Int {
+        _ = try await session(id)
+        var removed = 0
+        try await forEachPage(id, states: TaskState.allCases) { records in
+            try await batchWrite(records.map { ["DeleteRequest": ["Key": ["pk": D.s(D.taskKey($0.id))]]] })
+            removed += records.count
+        }
+        _ = try await call("DeleteItem", ["Key": ["pk": D.s(D.sessionKey(id))]], resource: "session \(id)")
+        return removed
+    }
+
+    /// Runs `body` on each page of the session's tasks in the given states, following the cursor (so a
+    /// record the index still shows after `body` changed it is not handled twice).
+    private func forEachPage(_ session: SessionID, states: [TaskState], _ body: ([TaskRecord]) async throws -> Void) async throws {
+        for state in states {
+            var cursor: String?
+            repeat {
+                let page = try await tasks(session, state: state, after: cursor, limit: 1_000)
+                if !page.items.isEmpty { try await body(page.items) }
+                cursor = page.next
+            } while cursor != nil
+        }
+    }
+
+    // MARK: Creating and reading tasks
+
+    public func createTasks(_ tasks: [TaskRecord]) async throws {
+        var unique: [TaskID: TaskRecord] = [:]
+        for task in tasks where unique[task.id] == nil { unique[task.id] = task }
+        let ids = Array(unique.keys)
+        let existing = Set(try await batchGet(ids.map(D.taskKey), projection: "pk"))
+        let missing = ids.filter { !existing.contains(D.taskKey($0)) }.compactMap { unique[$0] }
+        try await batchWrite(missing.map { ["PutRequest": ["Item": .object(D.item($0, configuration: configuration))]] })
+    }
+
+    public func task(_ id: TaskID) async throws -> TaskRecord {
+        guard let item = try await getItem(D.taskKey(id)) else { throw GridError.notFound("task '\(id)' does not exist", backend: "dynamodb") }
+        return try D.task(item)
+    }
+
+    public func counts(_ session: SessionID) async throws -> StateCounts {
+        let pairs = TaskState.allCases.flatMap { state in (0..<configuration.stateShards).map { (state, $0) } }
+        let counted = try await pairs.concurrentMap(width: 8) { state, shard in
+            (state, try await count(index: "by_state", key: "ss", value: D.stateKey(session, state, shard: shard)))
+        }
+        var counts = StateCounts()
+        for (state, count) in counted where count > 0 { counts[state] += count }
+        return counts
+    }
+
+    public func tasks(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskRecord> {
+        try Self.check(limit: limit)
+        let after: Int?
+        do {
+            after = try IntegerCursor.parse(cursor)
+        } catch var error as GridError {
+            error.backend = "dynamodb"
+            throw error
+        }
+        let condition = after == nil ? "#ss = :ss" : "#ss = :ss AND #idx > :after"
+        let shards = (0..<configuration.stateShards)
+        let perShard = try await shards.concurrentMap(width: 8) { shard in
+            var values: Item = [":ss": D.s(D.stateKey(session, state, shard: shard))]
+            if let after { values[":after"] = D.n(after) }
+            return try await query(index: "by_state", condition: condition, names: ["#ss": "ss", "#idx": "idx"], values: values, limit: limit + 1)
+        }
+        let records = try perShard.joined().map(D.task).filter { $0.state == state }.sorted { $0.id.index < $1.id.index }
+        let page = Array(records.prefix(limit))
+        return Page(items: page, next: records.count > limit ? page.last.map { IntegerCursor.make($0.id.index) } : nil)
+    }
+
+    public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
+        guard limit > 0 else { return [] }
+        let perShard = try await (0..<configuration.leaseShards).concurrentMap(width: 8) { shard in
+            try await query(
+                index: "by_lease", condition: "#lp = :lp AND #lease < :now", names: ["#lp": "lp", "#lease": "lease"],
+                values: [":lp": D.s(D.leaseKey(shard: shard)), ":now": D.n(now)], limit: limit)
+        }
+        let records = try perShard.joined().map(D.task).filter { $0.state == .processing && ($0.leaseExpiry.map { $0 < now } ?? false) }
+        return Array(records.sorted { ($0.leaseExpiry ?? now) < ($1.leaseExpiry ?? now) }.prefix(limit))
+    }
+
+    // MARK: Transitions
+
+    public func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
+        let won = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskRecord? in
+            let answer = try await update(
+                id,
+                set: [
+                    "st": D.s(TaskState.processing.rawValue), "owner": D.s(owner.rawValue), "lease": D.n(leaseExpiry), "started": D.n(now),
+                    "ss": D.s(D.stateKey(id.session, .processing, shard: D.shard(id, of: configuration.stateShards))),
+                    "lp": D.s(D.leaseKey(shard: D.shard(id, of: configuration.leaseShards))),
+                ],
+                condition: "#c_st = :c_pending AND attribute_not_exists(#c_owner)",
+                conditionNames: ["#c_st": "st", "#c_owner": "owner"], conditionValues: [":c_pending": D.s(TaskState.pending.rawValue)],
+                returning: "ALL_NEW")
+            return try answer.map(D.task)
+        }
+        return won.compactMap { $0 }
+    }
+
+    public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
+        let held = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskID? in
+            try await update(id, set: ["lease": D.n(leaseExpiry)], condition: Self.owned, conditionNames: Self.ownedNames, conditionValues: Self.ownedValues(owner)) != nil
+                ? id : nil
+        }
+        return Set(held.compactMap { $0 })
+    }
+
+    public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
+        var unique: [TaskID: TaskCompletion] = [:]
+        for completion in completions where unique[completion.id] == nil { unique[completion.id] = completion }
+        let done = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { completion -> TaskID? in
+            var set = terminalSet(completion.id, .finished, at: at)
+            if let output = completion.output { set.merge(D.outputAttributes(output)) { $1 } }
+            return try await update(
+                completion.id, set: set, remove: ["owner", "lease", "lp"], condition: Self.owned, conditionNames: Self.ownedNames,
+                conditionValues: Self.ownedValues(owner)) != nil ? completion.id : nil
+        }
+        return Set(done.compactMap { $0 })
+    }
+
+    public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
+        try await applyFailures(
+            failures, at: at, condition: Self.owned, conditionNames: Self.ownedNames, conditionValues: Self.ownedValues(owner))
+    }
+
+    public func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState] {
+        try await applyFailures(
+            ids.map { TaskFailure(id: $0, message: "lease expired", retryable: true) }, at: now,
+            condition: "#c_st = :c_processing AND #c_lease < :c_now", conditionNames: ["#c_st": "st", "#c_lease": "lease"],
+            conditionValues: [":c_processing": D.s(TaskState.processing.rawValue), ":c_now": D.n(now)])
+    }
+
+    public func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID> {
+        var unique: [TaskID: TaskFailure] = [:]
+        for failure in failures where unique[failure.id] == nil { unique[failure.id] = failure }
+        let failed = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { failure -> TaskID? in
+            var set = terminalSet(failure.id, .failed, at: at)
+            set["err"] = D.s(failure.message)
+            return try await update(
+                failure.id, set: set, remove: ["owner", "lease", "lp"], condition: Self.live, conditionNames: Self.liveNames,
+                conditionValues: Self.liveValues) != nil ? failure.id : nil
+        }
+        return Set(failed.compactMap { $0 })
+    }
+
+    public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
+        let before = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskState? in
+            let old = try await update(
+                id, set: terminalSet(id, .cancelled, at: at), remove: ["owner", "lease", "lp"], condition: Self.live,
+                conditionNames: Self.liveNames, conditionValues: Self.liveValues, returning: "UPDATED_OLD")
+            return old.flatMap { D.string($0, "st") }.flatMap(TaskState.init(rawValue:))
+        }
+        return CancelCounts(pending: before.filter { $0 == .pending }.count, processing: before.filter { $0 == .processing }.count)
+    }
+
+    /// The grid's retry rule as two conditional writes: back to `pending` while `retries < maxr`
+    /// (for a retryable failure), else `failed`; neither applies when `condition` no longer holds.
+    private func applyFailures(
+        _ failures: [TaskFailure], at: Date, condition: String, conditionNames: [String: String], conditionValues: Item
+    ) async throws -> [TaskID: TaskState] {
+        var unique: [TaskID: TaskFailure] = [:]
+        for failure in failures where unique[failure.id] == nil { unique[failure.id] = failure }
+        let outcomes = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { failure -> (TaskID, TaskState)? in
+            let id = failure.id
+            if failure.retryable {
+                let retried = try await update(
+                    id,
+                    set: [
+                        "st": D.s(TaskState.pending.rawValue), "err": D.s(failure.message),
+                        "ss": D.s(D.stateKey(id.session, .pending, shard: D.shard(id, of: configuration.stateShards))),
+                    ],
+                    add: ["retries": D.n(1)], remove: ["owner", "lease", "lp"], condition: "\(condition) AND #c_retries < #c_maxr",
+                    conditionNames: conditionNames.merging(["#c_retries": "retries", "#c_maxr": "maxr"]) { $1 }, conditionValues: conditionValues)
+                if retried != nil { return (id, .pending) }
+            }
+            var set = terminalSet(id, .failed, at: at)
+            set["err"] = D.s(failure.message)
+            let failed = try await update(
+                id, set: set, remove: ["owner", "lease", "lp"], condition: condition, conditionNames: conditionNames, conditionValues: conditionValues)
+            return failed != nil ? (id, .failed) : nil
+        }
+        return Dictionary(outcomes.compactMap { $0 }, uniquingKeysWith: { $1 })
+    }
+
+    private func terminalSet(_ id: TaskID, _ state: TaskState, at: Date) -> Item {
+        ["st": D.s(state.rawValue), "completed": D.n(at), "ss": D.s(D.stateKey(id.session, state, shard: D.shard(id, of: configuration.stateShards)))]
+    }
+
+    private static let owned = "#c_st = :c_processing AND #c_owner = :c_owner"
+    private static let ownedNames = ["#c_st": "st", "#c_owner": "owner"]
+    private static func ownedValues(_ owner: AgentID) -> Item {
+        [":c_processing": D.s(TaskState.processing.rawValue), ":c_owner": D.s(owner.rawValue)]
+    }
+    private static let live = "#c_st IN (:c_pending, :c_processing)"
+    private static let liveNames = ["#c_st": "st"]
+    private static let liveValues: Item = [":c_pending": D.s(TaskState.pending.rawValue), ":c_processing": D.s(TaskState.processing.rawValue)]
+
+    // MARK: DynamoDB calls
+
+    /// One conditional `UpdateItem` of a task; `nil` when the condition did not hold (or the task
+    /// does not exist), else the returned attributes.
+    private func update(
+        _ id: TaskID, set: Item, add: Item = [:], remove: [String] = [], condition: String, conditionNames: [String: String],
+        conditionValues: Item, returning: String = "NONE"
+    ) async throws -> Item? {
+        var names = conditionNames
+        var values = conditionValues
+        var clauses: [String] = []
+        var assignments: [String] = []
+        for (offset, (name, value)) in set.sorted(by: { $0.key < $1.key }).enumerated() {
+            names["#s\(offset)"] = name
+            values[":s\(offset)"] = value
+            assignments.append("#s\(offset) = :s\(offset)")
+        }
+        if !assignments.isEmpty { clauses.append("SET " + assignments.joined(separator: ", ")) }
+        if !add.isEmpty {
+            clauses.append(
+                "ADD "
+                    + add.sorted(by: { $0.key < $1.key }).enumerated().map { offset, pair in
+                        names["#a\(offset)"] = pair.key
+                        values[":a\(offset)"] = pair.value
+                        return "#a\(offset) :a\(offset)"
+                    }.joined(separator: ", "))
+        }
+        if !remove.isEmpty {
+            clauses.append(
+                "REMOVE "
+                    + remove.enumerated().map { offset, name in
+                        names["#r\(offset)"] = name
+                        return "#r\(offset)"
+                    }.joined(separator: ", "))
+        }
+        do {
+            let answer = try await call(
+                "UpdateItem",
+                [
+                    "Key": ["pk": D.s(D.taskKey(id))], "UpdateExpression": .string(clauses.joined(separator: " ")),
+                    "ConditionExpression": .string("attribute_exists(pk) AND \(condition)"), "ExpressionAttributeNames": .object(names.mapValues { .string($0) }),
+                    "ExpressionAttributeValues": .object(values), "ReturnValues": .string(returning),
+                ], resource: "task \(id)")
+            return answer["Attributes"]?.object ?? [:]
+        } catch let error as GridError where Self.conditionFailed(error) {
+            return nil
+        }
+    }
+
+    private func getItem(_ key: String) async throws -> Item? {
+        let answer = try await call("GetItem", ["Key": ["pk": D.s(key)], "ConsistentRead": true], resource: key)
+        return answer["Item"]?.object
+    }
+
+    /// The `pk`s of the given keys that exist (consistent reads, 100 keys a call, `UnprocessedKeys` read again).
+    private func batchGet(_ keys: [String], projection: String) async throws -> [String] {
+        let chunks = stride(from: 0, to: keys.count, by: 100).map { Array(keys[$0..<Swift.min($0 + 100, keys.count)]) }
+        let found = try await chunks.concurrentMap(width: configuration.concurrency) { chunk -> [String] in
+            var request: JSON = [
+                table: ["Keys": .array(chunk.map { ["pk": D.s($0)] }), "ConsistentRead": true, "ProjectionExpression": .string(projection)]
+            ]
+            var keys: [String] = []
+            for attempt in 1...configuration.batchRetries {
+                let answer = try await call("BatchGetItem", ["RequestItems": request], resource: "table \(table)")
+                keys += (answer["Responses"]?[table]?.array ?? []).compactMap { $0["pk"]?["S"]?.string }
+                guard let unprocessed = answer["UnprocessedKeys"], !unprocessed.object.isEmpty else { return keys }
+                request = unprocessed
+                try await Task.sleep(for: client.retry.backoff(retry: attempt, random: Double.random(in: 0..<1)))
+            }
+            throw GridError.unavailable("BatchGetItem on \(table) kept leaving keys unprocessed (throttled)", backend: "dynamodb")
+        }
+        return found.flatMap { $0 }
+    }
+
+    /// Writes or deletes items, 25 a call, sending `UnprocessedItems` again with backoff.
+    private func batchWrite(_ requests: [JSON]) async throws {
+        let chunks = stride(from: 0, to: requests.count, by: 25).map { Array(requests[$0..<Swift.min($0 + 25, requests.count)]) }
+        _ = try await chunks.concurrentMap(width: configuration.concurrency) { chunk in
+            var pending: JSON = [table: .array(chunk)]
+            for attempt in 1...configuration.batchRetries {
+                let answer = try await call("BatchWriteItem", ["RequestItems": pending], resource: "table \(table)")
+                guard let unprocessed = answer["UnprocessedItems"], !(unprocessed[table]?.array ?? []).isEmpty else { return }
+                pending = unprocessed
+                try await Task.sleep(for: client.retry.backoff(retry: attempt, random: Double.random(in: 0..<1)))
+            }
+            throw GridError.unavailable("BatchWriteItem on \(table) kept leaving items unprocessed (throttled)", backend: "dynamodb")
+        }
+    }
+
+    /// Queries an index, following `LastEvaluatedKey` until `limit` items are read or the index ends.
+    private func query(index: String, condition: String, names: [String: String], values: Item, limit: Int) async throws -> [Item] {
+        var items: [Item] = []
+        var start: JSON?
+        repeat {
+            var request: [String: JSON] = [
+                "IndexName": .string(index), "KeyConditionExpression": .string(condition),
+                // DynamoDB refuses names the expression does not use.
+                "ExpressionAttributeNames": .object(names.filter { condition.contains($0.key) }.mapValues { .string($0) }),
+                "ExpressionAttributeValues": .object(values), "Limit": .int(Swift.min(limit - items.count, 1_000)),
+            ]
+            if let start { request["ExclusiveStartKey"] = start }
+            let answer = try await call("Query", .object(request), resource: "index \(index) of \(table)")
+            items += (answer["Items"]?.array ?? []).map(\.object)
+            start = answer["LastEvaluatedKey"]
+        } while start != nil && items.count < limit
+        return items
+    }
+
+    /// Counts the items of an index partition (`Select: COUNT`, every page).
+    private func count(index: String, key: String, value: String) async throws -> Int {
+        var total = 0
+        var start: JSON?
+        repeat {
+            var request: [String: JSON] = [
+                "IndexName": .string(index), "KeyConditionExpression": "#k = :v", "ExpressionAttributeNames": ["#k": .string(key)],
+                "ExpressionAttributeValues": [":v": D.s(value)], "Select": "COUNT",
+            ]
+            if let start { request["ExclusiveStartKey"] = start }
+            let answer = try await call("Query", .object(request), resource: "index \(index) of \(table)")
+            total += answer["Count"]?.int ?? 0
+            start = answer["LastEvaluatedKey"]
+        } while start != nil
+        return total
+    }
+
+    /// One DynamoDB call on the table; write capacity is metered when DynamoDB reports it.
+    private func call(_ action: String, _ body: JSON, resource: String, repeatability: AWSRepeatability = .safe) async throws -> JSON {
+        var request = body.object
+        if action != "BatchGetItem" && action != "BatchWriteItem" { request["TableName"] = .string(table) }
+        if ["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"].contains(action) { request["ReturnConsumedCapacity"] = "TOTAL" }
+        let answer = try await client.json("DynamoDB_20120810", action, .object(request), resource: resource, repeatability: repeatability)
+        let consumed = answer["ConsumedCapacity"]
+        for entry in consumed?.array ?? (consumed.map { [$0] } ?? []) {
+            if let units = entry["CapacityUnits"], case .double(let value) = units { client.meter.addWriteUnits(value) } else if let units = entry["CapacityUnits"]?.int {
+                client.meter.addWriteUnits(Double(units))
+            }
+        }
+        return answer
+    }
+
+    private static func conditionFailed(_ error: GridError) -> Bool {
+        (error.underlying as? AWSServiceError)?.code == "ConditionalCheckFailedException"
+    }
+
+    private static func check(limit: Int) throws {
+        guard limit >= 1 else { throw GridError.invalidArgument("limit is \(limit); it must be at least 1", backend: "dynamodb") }
+    }
+}
+
+/// Where and how the DynamoDB state store works, from `dynamodb://REGION/TABLE?endpoint=…`.
+public struct DynamoDBConfiguration: Sendable, Hashable {
+    /// The AWS region.
+    public var region: String
+    /// The table.
+    public var table: String
+    /// Keys each session-and-state partition of the `by_state` index is spread over.
+    public var stateShards: Int
+    /// Keys the `by_lease` index of processing tasks is spread over.
+    public var leaseShards: Int
+    /// Per-task calls in flight within one batch operation.
+    public var concurrency: Int
+    /// How often `UnprocessedItems` / `UnprocessedKeys` are sent again.
+    public var batchRetries: Int
+
+    /// Creates a configuration.
+    public init(region: String, table: String, stateShards: Int = 1, leaseShards: Int = 8, concurrency: Int = 8, batchRetries: Int = 10) {
+        self.region = region
+        self.table = table
+        self.stateShards = stateShards
+        self.leaseShards = leaseShards
+        self.concurrency = concurrency
+        self.batchRetries = batchRetries
+    }
+}
