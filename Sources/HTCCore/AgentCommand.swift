@@ -60,6 +60,9 @@ public struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Keep 'busy' or 'idle' in this file, by whether the agent owns tasks, so a local scaler stops only idle agents (env HTC_STATUS_FILE).")
     var statusFile: String?
 
+    @Option(help: "Mark this agent's pod with controller.kubernetes.io/pod-deletion-cost while it owns tasks, so Kubernetes scales in idle pods first: auto (in a pod with MY_POD_NAME), on or off (env HTC_POD_DELETION_COST, default auto).")
+    var podDeletionCost: String?
+
     public init() {}
 
     public func run() async throws {
@@ -78,8 +81,10 @@ public struct AgentCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: AgentService(agent: agent), successTerminationBehavior: .gracefullyShutdownGroup)
         ]
-        if let path = statusFile ?? environment.string("HTC_STATUS_FILE") {
-            services.append(.init(service: AgentStatusService(agent: agent, path: path, logger: logger)))
+        let statusPath = statusFile ?? environment.string("HTC_STATUS_FILE")
+        let pod = try PodDeletionCost.make(setting: podDeletionCost, environment: environment)
+        if statusPath != nil || pod != nil {
+            services.append(.init(service: AgentStatusService(agent: agent, path: statusPath, pod: pod, logger: logger)))
         }
         if let interval = settings.reaperInterval {
             let reaper = Reaper(backends: backends, configuration: ReaperConfiguration(interval: interval), logger: logger)
@@ -152,28 +157,43 @@ struct AgentService: Service {
     }
 }
 
-/// Keeps an agent's status file current: `busy` while it owns tasks, `idle` otherwise, written
-/// atomically (a new file renamed over the old) whenever it changes, checked every 100 ms. A local
-/// scaler reads it to choose which agents to stop (``LocalProcessScaler``).
+/// Publishes whether an agent is busy (owns tasks) or idle, checked every 100 ms, on each change: in a
+/// status file (`busy`/`idle`, written atomically: a new file renamed over the old) that a local scaler
+/// reads to choose which agents to stop (``LocalProcessScaler``), and as the pod's deletion cost in
+/// Kubernetes (``PodDeletionCost``). A failed update is logged and tried again at the next check.
 struct AgentStatusService: Service {
     let agent: Agent
-    let path: String
+    let path: String?
+    let pod: PodDeletionCost?
     let logger: Logger
 
     func run() async throws {
         await cancelWhenGracefulShutdown { await loop() }
+        await pod?.shutdown()
     }
 
     private func loop() async {
         var written: Bool?
+        var marked: Bool?
+        var podRetryAt = ContinuousClock.now
         while !Task.isCancelled {
             let busy = agent.ownedCount > 0
-            if busy != written {
+            if let path, busy != written {
                 do {
                     try Self.write(busy ? "busy\n" : "idle\n", to: path)
                     written = busy
                 } catch {
                     logger.warning("cannot write the status file", metadata: ["path": "\(path)", "error": "\(error)"])
+                }
+            }
+            if let pod, busy != marked, ContinuousClock.now >= podRetryAt {
+                do {
+                    try await pod.mark(busy: busy)
+                    marked = busy
+                } catch {
+                    // Not every 100 ms: a missing Role would flood the log.
+                    logger.warning("cannot set the pod's deletion cost; retrying in 5 s", metadata: ["error": "\(error)"])
+                    podRetryAt = ContinuousClock.now + .seconds(5)
                 }
             }
             guard (try? await Task.sleep(for: .milliseconds(100))) != nil else { return }
