@@ -120,3 +120,19 @@ import Testing
         _ = try AgentCommand.parse(["--grid", "sqlite:///tmp/g.db", "--exec", "cat", "--concurrency", "2"])
     }
 }
+
+@Suite struct RemoteOptionPlacementTests {
+    @Test func serverAndKeyMayComeBeforeTheSubcommand() throws {
+        let moved = HTCCommand.remoteOptionsAfterSubcommand(["--server", "http://grid:8080", "--api-key=k1", "submit", "--json", "tasks.jsonl"])
+        #expect(moved == ["submit", "--server", "http://grid:8080", "--api-key=k1", "--json", "tasks.jsonl"])
+        let command = try #require(try HTCCommand.parseAsRoot(moved) as? SubmitCommand)
+        #expect(command.options.server == "http://grid:8080")
+        #expect(command.options.apiKey == "k1")
+        let status = try HTCCommand.parseAsRoot(HTCCommand.remoteOptionsAfterSubcommand(["--server=http://g:1", "sessions"]))
+        #expect((status as? SessionsCommand) != nil)
+        // Anything else is left alone.
+        for arguments in [["submit", "--server", "http://g", "f"], ["--server"], ["demo", "--tasks", "10"], []] {
+            #expect(HTCCommand.remoteOptionsAfterSubcommand(arguments) == arguments)
+        }
+    }
+}
