@@ -32,15 +32,9 @@ final class AgentPool: Sendable {
             let record = workDirectory.appendingPathComponent("runs-\(index).txt").path
             let process = Process()
             process.executableURL = binary
-            var arguments = ["--concurrency", String(concurrency), "--record-runs", record, "--id", "agent-\(index)"]
-            if let grid = urls.grid { arguments += ["--grid", grid] }
-            if let queue = urls.queue { arguments += ["--queue", queue] }
-            if let state = urls.state { arguments += ["--state", state] }
-            if let payload = urls.payload { arguments += ["--payload", payload] }
-            process.arguments = arguments + extraArguments
-            var environment = ProcessInfo.processInfo.environment
-            if environment["HTC_LOG_LEVEL"] == nil { environment["HTC_LOG_LEVEL"] = "warning" }
-            process.environment = environment
+            process.arguments = ["--concurrency", String(concurrency), "--record-runs", record, "--id", "agent-\(index)"]
+                + LocalProcessScaler.gridArguments(urls) + extraArguments
+            process.environment = agentEnvironment()
             try process.run()
             processes.append(process)
             records.append(record)
@@ -60,8 +54,7 @@ final class AgentPool: Sendable {
         logger: Logger
     ) async throws -> AgentPool {
         let arguments = ["--concurrency", String(concurrency)] + LocalProcessScaler.gridArguments(urls)
-        var environment = ProcessInfo.processInfo.environment
-        if environment["HTC_LOG_LEVEL"] == nil { environment["HTC_LOG_LEVEL"] = "warning" }
+        let environment = agentEnvironment()
         let records = workDirectory.appendingPathComponent("runs")
         try FileManager.default.createDirectory(at: records, withIntermediateDirectories: true)
         let scaler = try LocalProcessScaler(
@@ -74,6 +67,13 @@ final class AgentPool: Sendable {
         // The pool owns this task and cancels it in `stop()`.
         let task = Task { await autoscaler.run() }
         return AgentPool(.scaled(scaler, autoscaler: task, recordFiles: records))
+    }
+
+    /// The environment of the agents started for a workload: this process's, quieter by default.
+    private static func agentEnvironment() -> [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        if environment["HTC_LOG_LEVEL"] == nil { environment["HTC_LOG_LEVEL"] = "warning" }
+        return environment
     }
 
     /// Starts `count` agents inside this process.
