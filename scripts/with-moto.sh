@@ -17,7 +17,7 @@ port=$(free_port)
 auth_port=$(free_port)
 while [ "$auth_port" = "$port" ]; do auth_port=$(free_port); done
 
-# Single-threaded: see scripts/moto-server.py (moto's conditional writes are not atomic across threads).
+# One request at a time in moto, long polls served as short receives: see scripts/moto-server.py.
 python3 "$here/moto-server.py" 127.0.0.1 "$port" >"$dir/moto.log" 2>&1 &
 pid=$!
 # Signature checking starts after the three IAM calls below that create the test user.
