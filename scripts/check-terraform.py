@@ -30,8 +30,9 @@ LAYOUT = {
     "message_retention_seconds": 1209600,
     "max_receive_count": 1000,
     "hash_key": "pk",
-    "attributes": {"pk": "S", "ss": "S", "idx": "N", "lp": "S", "lease": "N", "kind": "S", "sid": "S"},
-    "indexes": {"by_state": ("ss", "idx"), "by_lease": ("lp", "lease"), "sessions": ("kind", "sid")},
+    "range_key": "sk",
+    "attributes": {"pk": "S", "sk": "S", "lp": "S", "lease": "N"},
+    "indexes": {"by_lease": ("lp", "lease")},
     "ttl_attribute": "expires_at",
     "billing_mode": "PAY_PER_REQUEST",
     "sqs_calls": {"ChangeMessageVisibilityBatch", "CreateQueue", "DeleteMessageBatch", "GetQueueAttributes", "GetQueueUrl",
@@ -93,14 +94,19 @@ def layout_from_sources():
     queue = one(r'func queueName\(prefix: String, priority: Int\) -> String \{ "([^"]+)" \}', sqs, "queueName")
     dead = one(r'func deadLetterQueueName\(prefix: String\) -> String \{ "([^"]+)" \}', sqs, "deadLetterQueueName")
     definitions = one(r'"AttributeDefinitions": \.array\(\s*\[(.*?)\]\.map', table, "AttributeDefinitions").group(1)
+    table_key = one(r'"KeySchema": \[\["AttributeName": "(\w+)", "KeyType": "HASH"\], \["AttributeName": "(\w+)", "KeyType": "RANGE"\]\],\s*'
+                    r'"GlobalSecondaryIndexes"', table, "the table's key")
     return {
         "queue_name": swift_template(queue.group(1)),
         "dead_letter_name": swift_template(dead.group(1)),
         "message_retention_seconds": int(one(r'"MessageRetentionPeriod": "(\d+)"', sqs, "MessageRetentionPeriod").group(1)),
         "max_receive_count": int(one(r"maxReceiveCount: Int = (\d+)", sqs, "the default maxReceiveCount").group(1)),
-        "hash_key": one(r'"KeySchema": \[\["AttributeName": "(\w+)", "KeyType": "HASH"\]\]', table, "the table's key").group(1),
+        "hash_key": table_key.group(1),
+        "range_key": table_key.group(2),
         "attributes": dict(re.findall(r'\("(\w+)", "([SNB])"\)', definitions)),
-        "indexes": {name: (hash_key, range_key) for name, hash_key, range_key in re.findall(r'index\("(\w+)", "(\w+)", "(\w+)"\)', table)},
+        "indexes": {name: (hash_key, range_key) for name, hash_key, range_key in re.findall(
+            r'"IndexName": "(\w+)",\s*"KeySchema": \[\["AttributeName": "(\w+)", "KeyType": "HASH"\], '
+            r'\["AttributeName": "(\w+)", "KeyType": "RANGE"\]\]', table)},
         "ttl_attribute": one(r'timeToLiveAttribute = "(\w+)"', table, "timeToLiveAttribute").group(1),
         "billing_mode": one(r'"BillingMode": "(\w+)"', table, "BillingMode").group(1),
         "sqs_calls": set(re.findall(r'"AmazonSQS", "(\w+)"', sqs)),
@@ -205,8 +211,8 @@ def main():
     for label, body in tables:
         if resolve(body.get("name")) != resolve("${var.prefix}"):
             fail(f"aws_dynamodb_table.{label}: the table must be named after the prefix, as `htc aws init` names it")
-        if text(body.get("hash_key")) != grid["hash_key"] or "range_key" in body:
-            fail(f"aws_dynamodb_table.{label}: the key must be {grid['hash_key']} alone")
+        if text(body.get("hash_key")) != grid["hash_key"] or text(body.get("range_key")) != grid["range_key"]:
+            fail(f"aws_dynamodb_table.{label}: the key must be {grid['hash_key']} (hash) and {grid['range_key']} (range)")
         if text(body.get("billing_mode")) != grid["billing_mode"]:
             fail(f"aws_dynamodb_table.{label}: billing_mode must be {grid['billing_mode']}")
         attributes = {text(a["name"]): text(a["type"]) for a in body.get("attribute", [])}

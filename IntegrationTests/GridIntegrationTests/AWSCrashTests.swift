@@ -50,16 +50,17 @@ import Testing
             return process
         }
         // The victim's tasks take 200 ms each, so it holds running tasks when it is killed. The test polls
-        // every half second: moto serves one request at a time, and its index queries scan the whole table.
+        // every two seconds: moto serves one request at a time, and each check reads the session (about
+        // 90 ms of moto per 500 tasks).
         let victim = try start(0, ["--exec", "sleep 0.2; cat"])
         defer { if victim.isRunning { kill(victim.processIdentifier, SIGKILL) } }
         try await client.submit(session.id, inputs: inputs)
-        try await waitUntil(timeout: .seconds(120), every: .milliseconds(500), "agent-0 owns tasks") {
+        try await waitUntil(timeout: .seconds(120), every: .seconds(2), "agent-0 owns tasks") {
             try await backends.state.tasks(session.id, state: .processing, after: nil, limit: 1_000).items.contains { $0.owner == AgentID("agent-0") }
         }
         let survivor = try start(1, [])
         defer { if survivor.isRunning { kill(survivor.processIdentifier, SIGKILL) } }
-        try await waitUntil(timeout: .seconds(300), every: .milliseconds(500), "a tenth of the tasks finished and agent-0 owns some") {
+        try await waitUntil(timeout: .seconds(300), every: .seconds(2), "a tenth of the tasks finished and agent-0 owns some") {
             guard try await client.counts(session.id)[.finished] >= total / 10 else { return false }
             return try await backends.state.tasks(session.id, state: .processing, after: nil, limit: 1_000).items.contains { $0.owner == AgentID("agent-0") }
         }
@@ -67,7 +68,7 @@ import Testing
         victim.waitUntilExit()
         #expect(victim.terminationReason == .uncaughtSignal)
 
-        let retried = try await expectEveryOutput(client, session.id, inputs: inputs, pollInterval: .seconds(1), timeout: .seconds(600))
+        let retried = try await expectEveryOutput(client, session.id, inputs: inputs, pollInterval: .seconds(2), timeout: .seconds(600))
         #expect(retried > 0, "the victim's tasks came back through the reaper")
         survivor.terminate()
         survivor.waitUntilExit()

@@ -70,7 +70,7 @@ func s3WithSignatureChecks() async throws {
 func dynamoDBPagingAcrossShards() async throws {
     let store = DynamoDBStateStore(
         client: try awsTests.client("dynamodb"),
-        configuration: DynamoDBConfiguration(region: awsTests.region, table: "paging-\(UUID().uuidString.prefix(8).lowercased())", stateShards: 3))
+        configuration: DynamoDBConfiguration(region: awsTests.region, table: "paging-\(UUID().uuidString.prefix(8).lowercased())", taskShards: 3))
     try await store.createTable()
     let session = SessionID.random()
     let now = Date(timeIntervalSince1970: 1_700_000_000)
@@ -113,6 +113,35 @@ func dynamoDBPagingAcrossShards() async throws {
         } while cursor != nil
     }
     #expect(seen.count == total)
+}
+
+/// The write-unit meter follows DynamoDB's billing rules through a task's life on moto: creation one
+/// table unit, a claim one table unit and one index unit (the task enters the lease index), a
+/// heartbeat one table unit and two index units (its index key moves), a finish one table unit and
+/// one index unit (it leaves the index), a claim that loses one table unit; and requests are counted.
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)))
+func dynamoDBWriteUnitsFollowTheBillingRules() async throws {
+    let store = try await awsTests.state("units-\(UUID().uuidString.prefix(8).lowercased())")
+    let meter = store.client.meter
+    func units() -> (table: Double, indexes: Double) { (meter.dynamoDBWriteUnits.table, meter.dynamoDBWriteUnits.indexes) }
+    let session = SessionID.random()
+    let now = Date(timeIntervalSince1970: 1_700_000_000)
+    try await store.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
+    let start = units()
+    let ids = (0..<10).map { TaskID(session: session, index: $0) }
+    try await store.createTasks(ids.map { TaskRecord(id: $0, state: .pending, submittedAt: now) })
+    #expect(units().table - start.table == 10 && units().indexes - start.indexes == 0, "creation: \(units())")
+    let claimed = try await store.claim(ids, owner: AgentID("a"), leaseExpiry: now.addingTimeInterval(30), now: now)
+    #expect(claimed.count == 10)
+    #expect(units().table - start.table == 20 && units().indexes - start.indexes == 10, "claims: \(units())")
+    #expect(try await store.claim([ids[0]], owner: AgentID("b"), leaseExpiry: now.addingTimeInterval(30), now: now).isEmpty)
+    #expect(units().table - start.table == 21 && units().indexes - start.indexes == 10, "a lost claim: \(units())")
+    #expect(try await store.heartbeat([ids[0]], owner: AgentID("a"), leaseExpiry: now.addingTimeInterval(60)) == [ids[0]])
+    #expect(units().table - start.table == 22 && units().indexes - start.indexes == 12, "a heartbeat: \(units())")
+    let finished = try await store.finish(ids.map { TaskCompletion(id: $0, output: [1, 2, 3]) }, owner: AgentID("a"), at: now)
+    #expect(finished.count == 10)
+    #expect(units().table - start.table == 32 && units().indexes - start.indexes == 22, "finishes: \(units())")
+    #expect(meter.requests["dynamodb:UpdateItem", default: 0] >= 22)
 }
 
 /// `make test` must never skip the AWS suites.
@@ -170,7 +199,7 @@ enum awsTests {
     static func state(_ namespace: String, authenticated: Bool = false) async throws -> DynamoDBStateStore {
         let store = DynamoDBStateStore(
             client: try client("dynamodb", authenticated: authenticated),
-            configuration: DynamoDBConfiguration(region: region, table: namespace, stateShards: 2, leaseShards: 4))
+            configuration: DynamoDBConfiguration(region: region, table: namespace, taskShards: 2, leaseShards: 4))
         try await store.createTable()
         return store
     }

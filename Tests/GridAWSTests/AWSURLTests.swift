@@ -14,8 +14,8 @@ struct AWSURLTests {
 
     @Test func dynamoDBURLWithEndpointOptionAndShards() throws {
         let (configuration, endpoint) = try AWSURLs.dynamoDB(
-            BackendURL("dynamodb://us-east-1/grid?endpoint=http://127.0.0.1:4566&state_shards=4&lease_shards=16"), environment: [:])
-        #expect(configuration.table == "grid" && configuration.stateShards == 4 && configuration.leaseShards == 16)
+            BackendURL("dynamodb://us-east-1/grid?endpoint=http://127.0.0.1:4566&task_shards=4&lease_shards=16"), environment: [:])
+        #expect(configuration.table == "grid" && configuration.taskShards == 4 && configuration.leaseShards == 16)
         #expect(endpoint.description == "http://127.0.0.1:4566")
     }
 
@@ -32,7 +32,7 @@ struct AWSURLTests {
 
     @Test func badURLsSayWhatIsWrong() {
         for text in [
-            "sqs://eu-west-1/", "sqs://EU/grid", "sqs://eu-west-1/grid?colour=red", "dynamodb://us-east-1/t?state_shards=0",
+            "sqs://eu-west-1/", "sqs://EU/grid", "sqs://eu-west-1/grid?colour=red", "dynamodb://us-east-1/t?task_shards=0",
             "s3://Bad_Bucket/p", "s3://bucket?sse=des", "s3://bucket?multipart_threshold=10", "sqs://eu-west-1/a/b",
         ] {
             #expect(throws: GridError.self, "\(text)") {

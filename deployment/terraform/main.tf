@@ -32,24 +32,21 @@ resource "aws_sqs_queue" "priority" {
   })
 }
 
-# --- DynamoDB: the state store, one table with three sparse-friendly indexes ---------------------
+# --- DynamoDB: the state store, one table (pk + sk) with one sparse index ----------------------
 
 resource "aws_dynamodb_table" "state" {
   name         = local.table_name
   billing_mode = "PAY_PER_REQUEST"
   hash_key     = "pk"
+  range_key    = "sk"
 
   attribute {
     name = "pk"
     type = "S"
   }
   attribute {
-    name = "ss"
+    name = "sk"
     type = "S"
-  }
-  attribute {
-    name = "idx"
-    type = "N"
   }
   attribute {
     name = "lp"
@@ -59,34 +56,14 @@ resource "aws_dynamodb_table" "state" {
     name = "lease"
     type = "N"
   }
-  attribute {
-    name = "kind"
-    type = "S"
-  }
-  attribute {
-    name = "sid"
-    type = "S"
-  }
 
-  # Tasks of a session in one state, in index order: pages, counts, cancel, delete.
-  global_secondary_index {
-    name            = "by_state"
-    hash_key        = "ss"
-    range_key       = "idx"
-    projection_type = "ALL"
-  }
-  # Processing tasks by lease expiry (sparse): the reaper.
+  # Sessions (pk "session") and each session's tasks (pk "t#<session>#<shard>", sk the index) are
+  # queries of the table itself. The one index: processing tasks by lease expiry (sparse), for the
+  # reaper.
   global_secondary_index {
     name            = "by_lease"
     hash_key        = "lp"
     range_key       = "lease"
-    projection_type = "ALL"
-  }
-  # Sessions in id order (sparse: only session items have kind).
-  global_secondary_index {
-    name            = "sessions"
-    hash_key        = "kind"
-    range_key       = "sid"
     projection_type = "ALL"
   }
 

@@ -131,10 +131,15 @@ public struct AWSClient: Sendable {
     }
 }
 
-/// Counts AWS requests by service and action, and DynamoDB write capacity: the cost model that
+/// Counts AWS requests by service and action, and DynamoDB write units: the cost model that
 /// `htc bench` reports.
 public final class AWSRequestMeter: Sendable {
-    private let state = Mutex<(requests: [String: Int], writeUnits: Double)>(([:], 0))
+    private struct Totals {
+        var requests: [String: Int] = [:]
+        var writeUnits = DynamoDBWriteUnits()
+    }
+
+    private let state = Mutex<Totals>(Totals())
 
     /// Creates an empty meter.
     public init() {}
@@ -143,8 +148,15 @@ public final class AWSRequestMeter: Sendable {
         state.withLock { $0.requests["\(service):\(action)", default: 0] += 1 }
     }
 
-    func addWriteUnits(_ units: Double) {
-        state.withLock { $0.writeUnits += units }
+    func addWriteUnits(table: Double, indexes: Double) {
+        state.withLock {
+            $0.writeUnits.table += table
+            $0.writeUnits.indexes += indexes
+        }
+    }
+
+    func addReportedWriteUnits(_ units: Double) {
+        state.withLock { $0.writeUnits.reported += units }
     }
 
     /// Requests so far, by `service:Action`.
@@ -157,6 +169,28 @@ public final class AWSRequestMeter: Sendable {
         }
     }
 
-    /// DynamoDB write capacity units consumed so far, as DynamoDB reported them.
-    public var dynamoDBWriteUnits: Double { state.withLock { $0.writeUnits } }
+    /// DynamoDB write units so far.
+    public var dynamoDBWriteUnits: DynamoDBWriteUnits { state.withLock { $0.writeUnits } }
+}
+
+/// DynamoDB write units, as the state store counts them by DynamoDB's billing rules, and as
+/// DynamoDB reported them (`ReturnConsumedCapacity`; emulators report a constant).
+public struct DynamoDBWriteUnits: Sendable, Hashable, Codable {
+    /// Units written to the table: one per KiB of the item, at least one, also for a write whose
+    /// condition failed.
+    public var table: Double = 0
+    /// Units written to the lease index (a task entering or leaving it, or its lease moving).
+    public var indexes: Double = 0
+    /// The total DynamoDB reported.
+    public var reported: Double = 0
+
+    /// Creates a count.
+    public init(table: Double = 0, indexes: Double = 0, reported: Double = 0) {
+        self.table = table
+        self.indexes = indexes
+        self.reported = reported
+    }
+
+    /// Table and index units together.
+    public var total: Double { table + indexes }
 }

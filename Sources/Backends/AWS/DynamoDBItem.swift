@@ -4,20 +4,21 @@ import GridKernel
 /// The DynamoDB table layout of the state store: attribute names, key values and the codec between
 /// ``GridKernel/TaskRecord`` / ``GridKernel/SessionRecord`` and DynamoDB items.
 ///
-/// One table, partition key `pk` (string):
+/// One table, partition key `pk` and sort key `sk` (both strings):
 ///
-/// | item | `pk` | other attributes |
-/// |---|---|---|
-/// | session | `s#<session>` | `kind`=`session`, `sid`, `prio`, `maxr`, `tmo`, `labels`, `created`, `count`, `cancelled` |
-/// | task | `t#<task id>` | `sid`, `idx`, `st`, `owner`, `lease`, `retries`, `maxr`, `prio`, `tmo`, `submitted`, `started`, `completed`, `err`, `out` |
+/// | item | `pk` | `sk` | other attributes |
+/// |---|---|---|---|
+/// | session | `session` | `<session>` | `sid`, `prio`, `maxr`, `tmo`, `labels`, `created`, `count`, `cancelled` |
+/// | task | `t#<session>#<shard>` | `<index>`, 12 digits | `sid`, `idx`, `st`, `owner`, `lease`, `lp`, `retries`, `maxr`, `prio`, `tmo`, `submitted`, `started`, `completed`, `err`, `out` |
 ///
-/// Three global secondary indexes, all projecting every attribute:
-/// - `by_state`: partition `ss` = `<session>#<state>#<shard>`, sort `idx`: a session's tasks in one
-///   state, in index order (shard = index mod ``DynamoDBConfiguration/stateShards``).
-/// - `by_lease`: partition `lp` = `lease#<shard>`, sort `lease`: processing tasks by lease expiry,
-///   sparse (the attributes exist only while a task is processing), spread over
-///   ``DynamoDBConfiguration/leaseShards`` keys as HTC-Grid spreads its state index.
-/// - `sessions`: partition `kind`, sort `sid`: sessions in id order (sparse: sessions only).
+/// A session's tasks are spread over ``DynamoDBConfiguration/taskShards`` partitions (shard = index
+/// mod shards), each in index order, so listing and counting a session are queries of the table, and
+/// a transition writes the table only. One global secondary index, `by_lease` (partition `lp` =
+/// `lease#<shard>`, sort `lease`, every attribute projected), holds the processing tasks by lease
+/// expiry: sparse (`lp` exists only while a task is processing), spread over
+/// ``DynamoDBConfiguration/leaseShards`` keys as HTC-Grid spreads its state index. A task therefore
+/// costs five write units when it runs once: three on the table (create, claim, finish) and two on
+/// the index (in at the claim, out at the finish).
 enum DynamoDBItem {
     typealias Item = [String: JSON]
 
@@ -27,13 +28,29 @@ enum DynamoDBItem {
     static func b(_ bytes: [UInt8]) -> JSON { ["B": .string(Data(bytes).base64EncodedString())] }
     static func bool(_ value: Bool) -> JSON { ["BOOL": .bool(value)] }
 
-    static func taskKey(_ id: TaskID) -> String { "t#\(id.rawValue)" }
-    static func sessionKey(_ id: SessionID) -> String { "s#\(id.rawValue)" }
+    /// The partition key of the sessions.
+    static let sessionsPartition = "session"
 
-    static func stateKey(_ session: SessionID, _ state: TaskState, shard: Int) -> String { "\(session.rawValue)#\(state.rawValue)#\(shard)" }
+    /// The key of a session item.
+    static func key(_ session: SessionID) -> Item { ["pk": s(sessionsPartition), "sk": s(session.rawValue)] }
+
+    /// The key of a task item.
+    static func key(_ task: TaskID, shards: Int) -> Item {
+        ["pk": s(taskPartition(task.session, shard: task.index % max(1, shards))), "sk": s(sortKey(task.index))]
+    }
+
+    /// The partition of one shard of a session's tasks.
+    static func taskPartition(_ session: SessionID, shard: Int) -> String { "t#\(session.rawValue)#\(shard)" }
+
+    /// A task's sort key: its index, zero-padded so that the string order is the index order.
+    static func sortKey(_ index: Int) -> String {
+        let digits = String(index)
+        return String(repeating: "0", count: max(0, 12 - digits.count)) + digits
+    }
+
     static func leaseKey(shard: Int) -> String { "lease#\(shard)" }
 
-    /// A stable shard of a task, from its index (state index) or its id (lease index).
+    /// A stable shard of a task in the lease index, from its id.
     static func shard(_ id: TaskID, of count: Int) -> Int {
         guard count > 1 else { return 0 }
         var hash: UInt64 = 14_695_981_039_346_656_037
@@ -42,6 +59,25 @@ enum DynamoDBItem {
             hash = hash &* 1_099_511_628_211
         }
         return Int(hash % UInt64(count))
+    }
+
+    /// The size DynamoDB bills an item by: each attribute's name plus its value (strings and binary
+    /// by length, numbers by about one byte per two digits plus one, booleans one byte).
+    static func size(_ item: Item) -> Int {
+        item.reduce(0) { total, attribute in
+            let value = attribute.value
+            let bytes: Int
+            if let text = value["S"]?.string {
+                bytes = text.utf8.count
+            } else if let number = value["N"]?.string {
+                bytes = (number.filter(\.isNumber).count + 1) / 2 + 1
+            } else if let binary = value["B"]?.string {
+                bytes = binary.utf8.count / 4 * 3
+            } else {
+                bytes = 1
+            }
+            return total + attribute.key.utf8.count + bytes
+        }
     }
 
     // MARK: Reading values
@@ -57,13 +93,12 @@ enum DynamoDBItem {
 
     // MARK: Tasks
 
-    /// The item of a new task record, with its index keys.
+    /// The item of a new task record, with its keys.
     static func item(_ task: TaskRecord, configuration: DynamoDBConfiguration) -> Item {
-        var item: Item = [
-            "pk": s(taskKey(task.id)), "sid": s(task.id.session.rawValue), "idx": n(task.id.index), "st": s(task.state.rawValue),
+        var item: Item = key(task.id, shards: configuration.taskShards).merging([
+            "sid": s(task.id.session.rawValue), "idx": n(task.id.index), "st": s(task.state.rawValue),
             "retries": n(task.retries), "maxr": n(task.maxRetries), "prio": n(task.priority), "submitted": n(task.submittedAt),
-            "ss": s(stateKey(task.id.session, task.state, shard: shard(task.id, of: configuration.stateShards))),
-        ]
+        ]) { $1 }
         if let owner = task.owner { item["owner"] = s(owner.rawValue) }
         if let lease = task.leaseExpiry {
             item["lease"] = n(lease)
@@ -86,15 +121,15 @@ enum DynamoDBItem {
     ///
     /// - Throws: ``GridKernel/GridError/Code/internalError`` for an item that is not a task.
     static func task(_ item: Item) throws -> TaskRecord {
-        guard let pk = string(item, "pk"), pk.hasPrefix("t#"), let id = try? TaskID(String(pk.dropFirst(2))),
+        guard let sid = string(item, "sid").flatMap({ try? SessionID($0) }), let index = int(item, "idx"),
             let state = string(item, "st").flatMap(TaskState.init(rawValue:)), let submitted = date(item, "submitted")
         else {
-            throw GridError(.internalError, "a DynamoDB item is not a task record: \(item["pk"] ?? .null)", backend: "dynamodb")
+            throw GridError(.internalError, "a DynamoDB item is not a task record: \(item["pk"] ?? .null) \(item["sk"] ?? .null)", backend: "dynamodb")
         }
         var output = bytes(item, "out")
         if output == nil, item["out_empty"]?["BOOL"]?.bool == true { output = [] }
         return TaskRecord(
-            id: id, state: state, owner: string(item, "owner").map(AgentID.init), leaseExpiry: date(item, "lease"),
+            id: TaskID(session: sid, index: index), state: state, owner: string(item, "owner").map(AgentID.init), leaseExpiry: date(item, "lease"),
             retries: int(item, "retries") ?? 0, maxRetries: int(item, "maxr") ?? SessionOptions.defaultMaxRetries, priority: int(item, "prio") ?? 0,
             timeout: item["tmo"]?["N"]?.string.flatMap(Double.init).map { Duration(timeInterval: $0) }, submittedAt: submitted,
             startedAt: date(item, "started"), completedAt: date(item, "completed"), lastError: string(item, "err"), output: output)
@@ -105,7 +140,7 @@ enum DynamoDBItem {
     static func item(_ session: SessionRecord) -> Item {
         let labels = String(decoding: JSON.object(session.options.labels.mapValues { .string($0) }).bytes(), as: UTF8.self)
         var item: Item = [
-            "pk": s(sessionKey(session.id)), "kind": s("session"), "sid": s(session.id.rawValue), "prio": n(session.options.priority),
+            "pk": s(sessionsPartition), "sk": s(session.id.rawValue), "sid": s(session.id.rawValue), "prio": n(session.options.priority),
             "maxr": n(session.options.maxRetries), "labels": s(labels), "created": n(session.createdAt), "count": n(session.taskCount),
             "cancelled": bool(session.cancelled),
         ]
@@ -115,7 +150,7 @@ enum DynamoDBItem {
 
     static func session(_ item: Item) throws -> SessionRecord {
         guard let sid = string(item, "sid"), let id = try? SessionID(sid), let created = date(item, "created") else {
-            throw GridError(.internalError, "a DynamoDB item is not a session record: \(item["pk"] ?? .null)", backend: "dynamodb")
+            throw GridError(.internalError, "a DynamoDB item is not a session record: \(item["pk"] ?? .null) \(item["sk"] ?? .null)", backend: "dynamodb")
         }
         let labels = string(item, "labels").flatMap { try? JSON.parse(Array($0.utf8), context: "labels") }?.object.compactMapValues(\.string) ?? [:]
         let options = SessionOptions(

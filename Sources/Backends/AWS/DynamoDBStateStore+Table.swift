@@ -6,27 +6,26 @@ extension DynamoDBStateStore {
     /// records stay until a session is deleted unless an operator sets it (see docs/backends.md).
     public static let timeToLiveAttribute = "expires_at"
 
-    /// Creates the table with its three indexes and turns on time to live, if the table does not
-    /// exist (idempotent), and waits until it is active.
+    /// Creates the table (key `pk` + `sk`) with its lease index and turns on time to live, if the
+    /// table does not exist (idempotent), and waits until it is active.
     ///
     /// - Throws: ``GridKernel/GridError``.
     public func createTable(timeout: Duration = .seconds(300)) async throws {
-        func index(_ name: String, _ hash: String, _ range: String) -> JSON {
-            [
-                "IndexName": .string(name),
-                "KeySchema": [["AttributeName": .string(hash), "KeyType": "HASH"], ["AttributeName": .string(range), "KeyType": "RANGE"]],
-                "Projection": ["ProjectionType": "ALL"],
-            ]
-        }
         let definition: JSON = [
             "TableName": .string(configuration.table),
             "BillingMode": "PAY_PER_REQUEST",
             "AttributeDefinitions": .array(
-                [("pk", "S"), ("ss", "S"), ("idx", "N"), ("lp", "S"), ("lease", "N"), ("kind", "S"), ("sid", "S")].map {
+                [("pk", "S"), ("sk", "S"), ("lp", "S"), ("lease", "N")].map {
                     ["AttributeName": .string($0.0), "AttributeType": .string($0.1)]
                 }),
-            "KeySchema": [["AttributeName": "pk", "KeyType": "HASH"]],
-            "GlobalSecondaryIndexes": [index("by_state", "ss", "idx"), index("by_lease", "lp", "lease"), index("sessions", "kind", "sid")],
+            "KeySchema": [["AttributeName": "pk", "KeyType": "HASH"], ["AttributeName": "sk", "KeyType": "RANGE"]],
+            "GlobalSecondaryIndexes": [
+                [
+                    "IndexName": "by_lease",
+                    "KeySchema": [["AttributeName": "lp", "KeyType": "HASH"], ["AttributeName": "lease", "KeyType": "RANGE"]],
+                    "Projection": ["ProjectionType": "ALL"],
+                ]
+            ],
         ]
         do {
             _ = try await client.json("DynamoDB_20120810", "CreateTable", definition, resource: "table \(configuration.table)", repeatability: .safe)

@@ -6,8 +6,11 @@ import GridKernel
 /// Each transition's `ConditionExpression` checks the state (and the owner, or the lease expiry),
 /// so exactly one of several concurrent writers wins, as the kernel requires. Creation goes through
 /// `BatchWriteItem` (25 items a call, `UnprocessedItems` sent again), after a consistent
-/// `BatchGetItem` that leaves existing tasks as they are. Listings query global secondary indexes
-/// and follow `LastEvaluatedKey`. The layout is documented on ``DynamoDBItem`` and in docs/backends.md.
+/// `BatchGetItem` that leaves existing tasks as they are. A session's tasks live in a few partitions
+/// of the table in index order, so listings and counts are queries of the table (following
+/// `LastEvaluatedKey`); the one index holds processing tasks by lease expiry for the reaper. The
+/// layout is documented on ``DynamoDBItem`` and in docs/backends.md. Write units are metered on
+/// the client's ``AWSRequestMeter`` by DynamoDB's billing rules (item size, index writes).
 public struct DynamoDBStateStore: StateStore {
     let client: AWSClient
     let configuration: DynamoDBConfiguration
@@ -29,13 +32,14 @@ public struct DynamoDBStateStore: StateStore {
             _ = try await call(
                 "PutItem",
                 ["Item": .object(D.item(session)), "ConditionExpression": "attribute_not_exists(pk)"], resource: "session \(session.id)")
+            meterWrite(item: D.item(session))
         } catch let error as GridError where Self.conditionFailed(error) {
             throw GridError(.conflict, "session '\(session.id)' already exists", backend: "dynamodb")
         }
     }
 
     public func session(_ id: SessionID) async throws -> SessionRecord {
-        guard let item = try await getItem(D.sessionKey(id)) else {
+        guard let item = try await getItem(D.key(id), resource: "session \(id)") else {
             throw GridError.notFound("session '\(id)' does not exist", backend: "dynamodb")
         }
         return try D.session(item)
@@ -43,17 +47,16 @@ public struct DynamoDBStateStore: StateStore {
 
     public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
         try Self.check(limit: limit)
-        var condition = "#kind = :kind"
-        var values: Item = [":kind": D.s("session")]
+        var condition = "#pk = :pk"
+        var values: Item = [":pk": D.s(D.sessionsPartition)]
         if let cursor {
             guard (try? SessionID(cursor)) != nil else {
                 throw GridError.invalidArgument("cursor '\(cursor)' is malformed; pass the 'next' value of the previous page", backend: "dynamodb")
             }
-            condition += " AND #sid > :after"
+            condition += " AND #sk > :after"
             values[":after"] = D.s(cursor)
         }
-        let items = try await query(
-            index: "sessions", condition: condition, names: ["#kind": "kind", "#sid": "sid"], values: values, limit: limit + 1)
+        let items = try await query(index: nil, condition: condition, names: ["#pk": "pk", "#sk": "sk"], values: values, limit: limit + 1)
         let sessions = try items.prefix(limit).map(D.session)
         return Page(items: sessions, next: items.count > limit ? sessions.last?.id.rawValue : nil)
     }
@@ -64,11 +67,12 @@ public struct DynamoDBStateStore: StateStore {
             let answer = try await call(
                 "UpdateItem",
                 [
-                    "Key": ["pk": D.s(D.sessionKey(session))], "UpdateExpression": "ADD #count :n",
+                    "Key": .object(D.key(session)), "UpdateExpression": "ADD #count :n",
                     "ConditionExpression": "attribute_exists(pk) AND #cancelled = :false",
                     "ExpressionAttributeNames": ["#count": "count", "#cancelled": "cancelled"],
                     "ExpressionAttributeValues": [":n": D.n(count), ":false": D.bool(false)], "ReturnValues": "UPDATED_NEW",
                 ], resource: "session \(session)", repeatability: .unsafe)
+            meterWrite(item: nil)
             guard let end = D.int(answer["Attributes"]?.object ?? [:], "count") else {
                 throw GridError(.internalError, "UpdateItem of session \(session) returned no count", backend: "dynamodb")
             }
@@ -85,9 +89,10 @@ public struct DynamoDBStateStore: StateStore {
             _ = try await call(
                 "UpdateItem",
                 [
-                    "Key": ["pk": D.s(D.sessionKey(id))], "UpdateExpression": "SET #cancelled = :true", "ConditionExpression": "attribute_exists(pk)",
+                    "Key": .object(D.key(id)), "UpdateExpression": "SET #cancelled = :true", "ConditionExpression": "attribute_exists(pk)",
                     "ExpressionAttributeNames": ["#cancelled": "cancelled"], "ExpressionAttributeValues": [":true": D.bool(true)],
                 ], resource: "session \(id)")
+            meterWrite(item: nil)
         } catch let error as GridError where Self.conditionFailed(error) {
             throw GridError.notFound("session '\(id)' does not exist", backend: "dynamodb")
         }
@@ -108,24 +113,40 @@ public struct DynamoDBStateStore: StateStore {
     public func deleteSession(_ id: SessionID) async throws -> Int {
         _ = try await session(id)
         var removed = 0
-        try await forEachPage(id, states: TaskState.allCases) { records in
-            try await batchWrite(records.map { ["DeleteRequest": ["Key": ["pk": D.s(D.taskKey($0.id))]]] })
+        try await forEachPage(id, states: nil) { records in
+            try await batchWrite(records.map { ["DeleteRequest": ["Key": .object(D.key($0.id, shards: configuration.taskShards))]] })
+            for record in records { meterWrite(item: nil, indexWrites: record.state == .processing ? 1 : 0) }
             removed += records.count
         }
-        _ = try await call("DeleteItem", ["Key": ["pk": D.s(D.sessionKey(id))]], resource: "session \(id)")
+        _ = try await call("DeleteItem", ["Key": .object(D.key(id))], resource: "session \(id)")
+        meterWrite(item: nil)
         return removed
     }
 
-    /// Runs `body` on each page of the session's tasks in the given states, following the cursor (so a
-    /// record the index still shows after `body` changed it is not handled twice).
-    private func forEachPage(_ session: SessionID, states: [TaskState], _ body: ([TaskRecord]) async throws -> Void) async throws {
-        for state in states {
-            var cursor: String?
+    /// Runs `body` on each page of the session's tasks in the given states (all with `nil`), shard by
+    /// shard, following `LastEvaluatedKey` (so a record that `body` changed is not read again).
+    private func forEachPage(_ session: SessionID, states: Set<TaskState>?, _ body: ([TaskRecord]) async throws -> Void) async throws {
+        var names = ["#pk": "pk"]
+        var values: Item = [:]
+        var filter: String?
+        if let states {
+            names["#st"] = "st"
+            let placeholders = states.sorted { $0.rawValue < $1.rawValue }.enumerated().map { offset, state in
+                values[":st\(offset)"] = D.s(state.rawValue)
+                return ":st\(offset)"
+            }
+            filter = "#st IN (\(placeholders.joined(separator: ", ")))"
+        }
+        for shard in 0..<configuration.taskShards {
+            values[":pk"] = D.s(D.taskPartition(session, shard: shard))
+            var start: JSON?
             repeat {
-                let page = try await tasks(session, state: state, after: cursor, limit: 1_000)
-                if !page.items.isEmpty { try await body(page.items) }
-                cursor = page.next
-            } while cursor != nil
+                let page = try await queryPage(
+                    index: nil, condition: "#pk = :pk", names: names, values: values, filter: filter, limit: 1_000, start: start)
+                let records = try page.items.map(D.task)
+                if !records.isEmpty { try await body(records) }
+                start = page.lastKey
+            } while start != nil
         }
     }
 
@@ -135,43 +156,73 @@ public struct DynamoDBStateStore: StateStore {
         var unique: [TaskID: TaskRecord] = [:]
         for task in tasks where unique[task.id] == nil { unique[task.id] = task }
         let ids = Array(unique.keys)
-        let existing = Set(try await batchGet(ids.map(D.taskKey), projection: "pk"))
-        let missing = ids.filter { !existing.contains(D.taskKey($0)) }.compactMap { unique[$0] }
-        try await batchWrite(missing.map { ["PutRequest": ["Item": .object(D.item($0, configuration: configuration))]] })
+        let existing = Set(try await batchGet(ids.map { D.key($0, shards: configuration.taskShards) }))
+        let missing = ids.filter { !existing.contains(Self.keyText(D.key($0, shards: configuration.taskShards))) }.compactMap { unique[$0] }
+        let items = missing.map { D.item($0, configuration: configuration) }
+        try await batchWrite(items.map { ["PutRequest": ["Item": .object($0)]] })
+        for item in items { meterWrite(item: item) }
     }
 
     public func task(_ id: TaskID) async throws -> TaskRecord {
-        guard let item = try await getItem(D.taskKey(id)) else { throw GridError.notFound("task '\(id)' does not exist", backend: "dynamodb") }
+        guard let item = try await getItem(D.key(id, shards: configuration.taskShards), resource: "task \(id)") else { throw GridError.notFound("task '\(id)' does not exist", backend: "dynamodb") }
         return try D.task(item)
     }
 
     public func counts(_ session: SessionID) async throws -> StateCounts {
-        let pairs = TaskState.allCases.flatMap { state in (0..<configuration.stateShards).map { (state, $0) } }
-        let counted = try await pairs.concurrentMap(width: 8) { state, shard in
-            (state, try await count(index: "by_state", key: "ss", value: D.stateKey(session, state, shard: shard)))
+        let perShard = try await (0..<configuration.taskShards).concurrentMap(width: 8) { shard -> StateCounts in
+            var counts = StateCounts()
+            var start: JSON?
+            repeat {
+                let page = try await queryPage(
+                    index: nil, condition: "#pk = :pk", names: ["#pk": "pk", "#st": "st"], values: [":pk": D.s(D.taskPartition(session, shard: shard))],
+                    projection: "#st", limit: nil, start: start, consistent: false)
+                for item in page.items {
+                    if let state = D.string(item, "st").flatMap(TaskState.init(rawValue:)) { counts[state] += 1 }
+                }
+                start = page.lastKey
+            } while start != nil
+            return counts
         }
         var counts = StateCounts()
-        for (state, count) in counted where count > 0 { counts[state] += count }
+        for shard in perShard {
+            for state in TaskState.allCases { counts[state] += shard[state] }
+        }
         return counts
     }
 
+    /// Merges the session's shards in index order: each round reads a window of every shard after
+    /// the cursor; records up to the smallest point a shard stopped at are complete and in order.
     public func tasks(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskRecord> {
         try Self.check(limit: limit)
-        let after: Int?
+        var after: Int?
         do {
             after = try IntegerCursor.parse(cursor)
         } catch var error as GridError {
             error.backend = "dynamodb"
             throw error
         }
-        let condition = after == nil ? "#ss = :ss" : "#ss = :ss AND #idx > :after"
-        let shards = (0..<configuration.stateShards)
-        let perShard = try await shards.concurrentMap(width: 8) { shard in
-            var values: Item = [":ss": D.s(D.stateKey(session, state, shard: shard))]
-            if let after { values[":after"] = D.n(after) }
-            return try await query(index: "by_state", condition: condition, names: ["#ss": "ss", "#idx": "idx"], values: values, limit: limit + 1)
+        let shards = configuration.taskShards
+        // Items each shard evaluates per round: its share of the page, doubled while the state is rare.
+        var window = Swift.min(1_000, (limit + 1 + shards - 1) / shards + 1)
+        var records: [TaskRecord] = []
+        while records.count <= limit {
+            let start = after
+            let size = window
+            let rounds = try await (0..<shards).concurrentMap(width: 8) { shard -> (records: [TaskRecord], stoppedAt: Int?) in
+                var values: Item = [":pk": D.s(D.taskPartition(session, shard: shard)), ":st": D.s(state.rawValue)]
+                if let start { values[":after"] = D.s(D.sortKey(start)) }
+                let page = try await queryPage(
+                    index: nil, condition: start == nil ? "#pk = :pk" : "#pk = :pk AND #sk > :after", names: ["#pk": "pk", "#sk": "sk", "#st": "st"],
+                    values: values, filter: "#st = :st", limit: size, start: nil)
+                let stoppedAt = page.lastKey.flatMap { $0["sk"]?["S"]?.string }.flatMap { Int($0) }
+                return (try page.items.map(D.task), stoppedAt)
+            }
+            let complete = rounds.compactMap(\.stoppedAt).min()
+            records += rounds.flatMap(\.records).filter { complete == nil || $0.id.index <= complete! }.sorted { $0.id.index < $1.id.index }
+            guard let complete else { break }
+            after = complete
+            window = Swift.min(1_000, window * 2)
         }
-        let records = try perShard.joined().map(D.task).filter { $0.state == state }.sorted { $0.id.index < $1.id.index }
         let page = Array(records.prefix(limit))
         return Page(items: page, next: records.count > limit ? page.last.map { IntegerCursor.make($0.id.index) } : nil)
     }
@@ -195,12 +246,11 @@ public struct DynamoDBStateStore: StateStore {
                 id,
                 set: [
                     "st": D.s(TaskState.processing.rawValue), "owner": D.s(owner.rawValue), "lease": D.n(leaseExpiry), "started": D.n(now),
-                    "ss": D.s(D.stateKey(id.session, .processing, shard: D.shard(id, of: configuration.stateShards))),
                     "lp": D.s(D.leaseKey(shard: D.shard(id, of: configuration.leaseShards))),
                 ],
                 condition: "#c_st = :c_pending AND attribute_not_exists(#c_owner)",
                 conditionNames: ["#c_st": "st", "#c_owner": "owner"], conditionValues: [":c_pending": D.s(TaskState.pending.rawValue)],
-                returning: "ALL_NEW")
+                indexWrites: { _ in .put })
             return try answer.map(D.task)
         }
         return won.compactMap { $0 }
@@ -208,8 +258,9 @@ public struct DynamoDBStateStore: StateStore {
 
     public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
         let held = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskID? in
-            try await update(id, set: ["lease": D.n(leaseExpiry)], condition: Self.owned, conditionNames: Self.ownedNames, conditionValues: Self.ownedValues(owner)) != nil
-                ? id : nil
+            try await update(
+                id, set: ["lease": D.n(leaseExpiry)], condition: Self.owned, conditionNames: Self.ownedNames, conditionValues: Self.ownedValues(owner),
+                indexWrites: { _ in .move }) != nil ? id : nil
         }
         return Set(held.compactMap { $0 })
     }
@@ -222,7 +273,7 @@ public struct DynamoDBStateStore: StateStore {
             if let output = completion.output { set.merge(D.outputAttributes(output)) { $1 } }
             return try await update(
                 completion.id, set: set, remove: ["owner", "lease", "lp"], condition: Self.owned, conditionNames: Self.ownedNames,
-                conditionValues: Self.ownedValues(owner)) != nil ? completion.id : nil
+                conditionValues: Self.ownedValues(owner), indexWrites: { _ in .delete }) != nil ? completion.id : nil
         }
         return Set(done.compactMap { $0 })
     }
@@ -247,7 +298,7 @@ public struct DynamoDBStateStore: StateStore {
             set["err"] = D.s(failure.message)
             return try await update(
                 failure.id, set: set, remove: ["owner", "lease", "lp"], condition: Self.live, conditionNames: Self.liveNames,
-                conditionValues: Self.liveValues) != nil ? failure.id : nil
+                conditionValues: Self.liveValues, returning: "ALL_OLD", indexWrites: Self.leftLeaseIndex) != nil ? failure.id : nil
         }
         return Set(failed.compactMap { $0 })
     }
@@ -256,7 +307,7 @@ public struct DynamoDBStateStore: StateStore {
         let before = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskState? in
             let old = try await update(
                 id, set: terminalSet(id, .cancelled, at: at), remove: ["owner", "lease", "lp"], condition: Self.live,
-                conditionNames: Self.liveNames, conditionValues: Self.liveValues, returning: "UPDATED_OLD")
+                conditionNames: Self.liveNames, conditionValues: Self.liveValues, returning: "ALL_OLD", indexWrites: Self.leftLeaseIndex)
             return old.flatMap { D.string($0, "st") }.flatMap(TaskState.init(rawValue:))
         }
         return CancelCounts(pending: before.filter { $0 == .pending }.count, processing: before.filter { $0 == .processing }.count)
@@ -274,26 +325,28 @@ public struct DynamoDBStateStore: StateStore {
             if failure.retryable {
                 let retried = try await update(
                     id,
-                    set: [
-                        "st": D.s(TaskState.pending.rawValue), "err": D.s(failure.message),
-                        "ss": D.s(D.stateKey(id.session, .pending, shard: D.shard(id, of: configuration.stateShards))),
-                    ],
+                    set: ["st": D.s(TaskState.pending.rawValue), "err": D.s(failure.message)],
                     add: ["retries": D.n(1)], remove: ["owner", "lease", "lp"], condition: "\(condition) AND #c_retries < #c_maxr",
-                    conditionNames: conditionNames.merging(["#c_retries": "retries", "#c_maxr": "maxr"]) { $1 }, conditionValues: conditionValues)
+                    conditionNames: conditionNames.merging(["#c_retries": "retries", "#c_maxr": "maxr"]) { $1 }, conditionValues: conditionValues,
+                    indexWrites: { _ in .delete })
                 if retried != nil { return (id, .pending) }
             }
             var set = terminalSet(id, .failed, at: at)
             set["err"] = D.s(failure.message)
             let failed = try await update(
-                id, set: set, remove: ["owner", "lease", "lp"], condition: condition, conditionNames: conditionNames, conditionValues: conditionValues)
+                id, set: set, remove: ["owner", "lease", "lp"], condition: condition, conditionNames: conditionNames, conditionValues: conditionValues,
+                indexWrites: { _ in .delete })
             return failed != nil ? (id, .failed) : nil
         }
         return Dictionary(outcomes.compactMap { $0 }, uniquingKeysWith: { $1 })
     }
 
     private func terminalSet(_ id: TaskID, _ state: TaskState, at: Date) -> Item {
-        ["st": D.s(state.rawValue), "completed": D.n(at), "ss": D.s(D.stateKey(id.session, state, shard: D.shard(id, of: configuration.stateShards)))]
+        ["st": D.s(state.rawValue), "completed": D.n(at)]
     }
+
+    /// What a transition from the old item (`ALL_OLD`) did to the lease index: a processing task leaves it.
+    private static let leftLeaseIndex: @Sendable (Item) -> IndexWrite = { old in D.string(old, "st") == TaskState.processing.rawValue ? .delete : .none }
 
     private static let owned = "#c_st = :c_processing AND #c_owner = :c_owner"
     private static let ownedNames = ["#c_st": "st", "#c_owner": "owner"]
@@ -306,11 +359,24 @@ public struct DynamoDBStateStore: StateStore {
 
     // MARK: DynamoDB calls
 
+    /// What a task's write does to the lease index, for the write-unit meter.
+    enum IndexWrite {
+        case none
+        /// The item enters the index (its `lp` is set).
+        case put
+        /// The item leaves the index.
+        case delete
+        /// The index key (`lease`) changes: a delete and a put.
+        case move
+    }
+
     /// One conditional `UpdateItem` of a task; `nil` when the condition did not hold (or the task
-    /// does not exist), else the returned attributes.
+    /// does not exist), else the returned attributes (`ALL_NEW` unless `returning` says otherwise).
+    /// Meters the write units: the item's on the table (one when the condition failed) and
+    /// `indexWrites` of the returned item on the lease index.
     private func update(
         _ id: TaskID, set: Item, add: Item = [:], remove: [String] = [], condition: String, conditionNames: [String: String],
-        conditionValues: Item, returning: String = "NONE"
+        conditionValues: Item, returning: String = "ALL_NEW", indexWrites: (Item) -> IndexWrite
     ) async throws -> Item? {
         var names = conditionNames
         var values = conditionValues
@@ -343,32 +409,44 @@ public struct DynamoDBStateStore: StateStore {
             let answer = try await call(
                 "UpdateItem",
                 [
-                    "Key": ["pk": D.s(D.taskKey(id))], "UpdateExpression": .string(clauses.joined(separator: " ")),
+                    "Key": .object(D.key(id, shards: configuration.taskShards)), "UpdateExpression": .string(clauses.joined(separator: " ")),
                     "ConditionExpression": .string("attribute_exists(pk) AND \(condition)"), "ExpressionAttributeNames": .object(names.mapValues { .string($0) }),
                     "ExpressionAttributeValues": .object(values), "ReturnValues": .string(returning),
                 ], resource: "task \(id)")
-            return answer["Attributes"]?.object ?? [:]
+            let item = answer["Attributes"]?.object ?? [:]
+            let index = indexWrites(item)
+            meterWrite(item: returning == "ALL_NEW" || returning == "ALL_OLD" ? item : nil, indexWrites: index == .none ? 0 : index == .move ? 2 : 1)
+            return item
         } catch let error as GridError where Self.conditionFailed(error) {
+            meterWrite(item: nil)
             return nil
         }
     }
 
-    private func getItem(_ key: String) async throws -> Item? {
-        let answer = try await call("GetItem", ["Key": ["pk": D.s(key)], "ConsistentRead": true], resource: key)
+    /// Meters one write: the item's write units on the table (one unit per KiB, at least one) and
+    /// `indexWrites` writes of it on the lease index.
+    private func meterWrite(item: Item?, indexWrites: Int = 0) {
+        let units = Double(Swift.max(1, ((item.map(D.size) ?? 0) + 1_023) / 1_024))
+        client.meter.addWriteUnits(table: units, indexes: units * Double(indexWrites))
+    }
+
+    private func getItem(_ key: Item, resource: String) async throws -> Item? {
+        let answer = try await call("GetItem", ["Key": .object(key), "ConsistentRead": true], resource: resource)
         return answer["Item"]?.object
     }
 
-    /// The `pk`s of the given keys that exist (consistent reads, 100 keys a call, `UnprocessedKeys` read again).
-    private func batchGet(_ keys: [String], projection: String) async throws -> [String] {
+    /// The keys (as ``keyText(_:)``) of the given keys that exist (consistent reads, 100 keys a
+    /// call, `UnprocessedKeys` read again).
+    private func batchGet(_ keys: [Item]) async throws -> [String] {
         let chunks = stride(from: 0, to: keys.count, by: 100).map { Array(keys[$0..<Swift.min($0 + 100, keys.count)]) }
         let found = try await chunks.concurrentMap(width: configuration.concurrency) { chunk -> [String] in
             var request: JSON = [
-                table: ["Keys": .array(chunk.map { ["pk": D.s($0)] }), "ConsistentRead": true, "ProjectionExpression": .string(projection)]
+                table: ["Keys": .array(chunk.map { .object($0) }), "ConsistentRead": true, "ProjectionExpression": "pk, sk"]
             ]
             var keys: [String] = []
             for attempt in 1...configuration.batchRetries {
                 let answer = try await call("BatchGetItem", ["RequestItems": request], resource: "table \(table)")
-                keys += (answer["Responses"]?[table]?.array ?? []).compactMap { $0["pk"]?["S"]?.string }
+                keys += (answer["Responses"]?[table]?.array ?? []).map { Self.keyText($0.object) }
                 guard let unprocessed = answer["UnprocessedKeys"], !unprocessed.object.isEmpty else { return keys }
                 request = unprocessed
                 try await Task.sleep(for: client.retry.backoff(retry: attempt, random: Double.random(in: 0..<1)))
@@ -393,43 +471,47 @@ public struct DynamoDBStateStore: StateStore {
         }
     }
 
-    /// Queries an index, following `LastEvaluatedKey` until `limit` items are read or the index ends.
-    private func query(index: String, condition: String, names: [String: String], values: Item, limit: Int) async throws -> [Item] {
+    /// `pk|sk` of a key or item.
+    private static func keyText(_ item: Item) -> String { "\(D.string(item, "pk") ?? "")|\(D.string(item, "sk") ?? "")" }
+
+    /// Queries the table (`index` nil) or an index, following `LastEvaluatedKey` until `limit` items
+    /// are read or the partition ends.
+    private func query(index: String?, condition: String, names: [String: String], values: Item, limit: Int) async throws -> [Item] {
         var items: [Item] = []
         var start: JSON?
         repeat {
-            var request: [String: JSON] = [
-                "IndexName": .string(index), "KeyConditionExpression": .string(condition),
-                // DynamoDB refuses names the expression does not use.
-                "ExpressionAttributeNames": .object(names.filter { condition.contains($0.key) }.mapValues { .string($0) }),
-                "ExpressionAttributeValues": .object(values), "Limit": .int(Swift.min(limit - items.count, 1_000)),
-            ]
-            if let start { request["ExclusiveStartKey"] = start }
-            let answer = try await call("Query", .object(request), resource: "index \(index) of \(table)")
-            items += (answer["Items"]?.array ?? []).map(\.object)
-            start = answer["LastEvaluatedKey"]
+            let page = try await queryPage(
+                index: index, condition: condition, names: names, values: values, limit: Swift.min(limit - items.count, 1_000), start: start)
+            items += page.items
+            start = page.lastKey
         } while start != nil && items.count < limit
         return items
     }
 
-    /// Counts the items of an index partition (`Select: COUNT`, every page).
-    private func count(index: String, key: String, value: String) async throws -> Int {
-        var total = 0
-        var start: JSON?
-        repeat {
-            var request: [String: JSON] = [
-                "IndexName": .string(index), "KeyConditionExpression": "#k = :v", "ExpressionAttributeNames": ["#k": .string(key)],
-                "ExpressionAttributeValues": [":v": D.s(value)], "Select": "COUNT",
-            ]
-            if let start { request["ExclusiveStartKey"] = start }
-            let answer = try await call("Query", .object(request), resource: "index \(index) of \(table)")
-            total += answer["Count"]?.int ?? 0
-            start = answer["LastEvaluatedKey"]
-        } while start != nil
-        return total
+    /// One page of a query: at most `limit` items evaluated (before `filter`), and where it stopped.
+    private func queryPage(
+        index: String?, condition: String, names: [String: String], values: Item, filter: String? = nil, projection: String? = nil, limit: Int?,
+        start: JSON?, consistent: Bool = true
+    ) async throws -> (items: [Item], lastKey: JSON?) {
+        let expressions = condition + " " + (filter ?? "") + " " + (projection ?? "")
+        var request: [String: JSON] = [
+            "KeyConditionExpression": .string(condition),
+            // DynamoDB refuses names and values the expressions do not use.
+            "ExpressionAttributeNames": .object(names.filter { expressions.contains($0.key) }.mapValues { .string($0) }),
+            "ExpressionAttributeValues": .object(values.filter { expressions.contains($0.key) }),
+        ]
+        // The table reads consistently (a cancel sees the tasks just created) unless told otherwise
+        // (counts, half the read units); indexes cannot.
+        if let index { request["IndexName"] = .string(index) } else if consistent { request["ConsistentRead"] = true }
+        if let filter { request["FilterExpression"] = .string(filter) }
+        if let projection { request["ProjectionExpression"] = .string(projection) }
+        if let limit { request["Limit"] = .int(limit) }
+        if let start { request["ExclusiveStartKey"] = start }
+        let answer = try await call("Query", .object(request), resource: index.map { "index \($0) of \(table)" } ?? "table \(table)")
+        return ((answer["Items"]?.array ?? []).map(\.object), answer["LastEvaluatedKey"])
     }
 
-    /// One DynamoDB call on the table; write capacity is metered when DynamoDB reports it.
+    /// One DynamoDB call on the table; the write capacity DynamoDB reports is metered too.
     private func call(_ action: String, _ body: JSON, resource: String, repeatability: AWSRepeatability = .safe) async throws -> JSON {
         var request = body.object
         if action != "BatchGetItem" && action != "BatchWriteItem" { request["TableName"] = .string(table) }
@@ -437,8 +519,10 @@ public struct DynamoDBStateStore: StateStore {
         let answer = try await client.json("DynamoDB_20120810", action, .object(request), resource: resource, repeatability: repeatability)
         let consumed = answer["ConsumedCapacity"]
         for entry in consumed?.array ?? (consumed.map { [$0] } ?? []) {
-            if let units = entry["CapacityUnits"], case .double(let value) = units { client.meter.addWriteUnits(value) } else if let units = entry["CapacityUnits"]?.int {
-                client.meter.addWriteUnits(Double(units))
+            if let units = entry["CapacityUnits"], case .double(let value) = units {
+                client.meter.addReportedWriteUnits(value)
+            } else if let units = entry["CapacityUnits"]?.int {
+                client.meter.addReportedWriteUnits(Double(units))
             }
         }
         return answer
@@ -459,8 +543,8 @@ public struct DynamoDBConfiguration: Sendable, Hashable {
     public var region: String
     /// The table.
     public var table: String
-    /// Keys each session-and-state partition of the `by_state` index is spread over.
-    public var stateShards: Int
+    /// Partitions each session's tasks are spread over (a task's is its index mod this).
+    public var taskShards: Int
     /// Keys the `by_lease` index of processing tasks is spread over.
     public var leaseShards: Int
     /// Per-task calls in flight within one batch operation.
@@ -469,10 +553,10 @@ public struct DynamoDBConfiguration: Sendable, Hashable {
     public var batchRetries: Int
 
     /// Creates a configuration.
-    public init(region: String, table: String, stateShards: Int = 1, leaseShards: Int = 8, concurrency: Int = 8, batchRetries: Int = 10) {
+    public init(region: String, table: String, taskShards: Int = 4, leaseShards: Int = 8, concurrency: Int = 8, batchRetries: Int = 10) {
         self.region = region
         self.table = table
-        self.stateShards = stateShards
+        self.taskShards = taskShards
         self.leaseShards = leaseShards
         self.concurrency = concurrency
         self.batchRetries = batchRetries
