@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import GridKernel
+import GridPlugins
 import Logging
 import ServiceLifecycle
 
@@ -57,6 +58,9 @@ public struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Append the id of every task whose handler ran to completion to this file (env HTC_RECORD_RUNS; used by htc bench).")
     var recordRuns: String?
 
+    @Option(help: "When the agent stops, write the AWS requests and DynamoDB write units it made to this file, as JSON (env HTC_USAGE_FILE; used by htc bench).")
+    var usageFile: String?
+
     @Option(help: "Keep 'busy' or 'idle' in this file, by whether the agent owns tasks, so a local scaler stops only idle agents (env HTC_STATUS_FILE).")
     var statusFile: String?
 
@@ -73,7 +77,8 @@ public struct AgentCommand: AsyncParsableCommand {
         let metrics = try (metricsListen ?? environment.string("HTC_METRICS_LISTEN")).map { try MetricsEndpoint.bootstrap(listen: $0, logger: logger) }
         let settings = try agentConfiguration(environment)
         let handler = try makeHandler(environment)
-        let backends = try await grid.makeBackends(logger: logger)
+        let context = BackendContext(logger: logger)
+        let backends = try await BackendRegistry.installed.makeBackends(grid.urls(environment), context: context)
         var configuration = settings.agent
         let recorder = try (recordRuns ?? environment.string("HTC_RECORD_RUNS")).map(RunRecorder.init(path:))
         if let recorder { configuration.onRunsCompleted = { recorder.record($0) } }
@@ -96,6 +101,9 @@ public struct AgentCommand: AsyncParsableCommand {
         )
         try await group.run()
         recorder?.close()
+        if let path = usageFile ?? environment.string("HTC_USAGE_FILE") {
+            try await AWSUsage.metered(context).write(to: path)
+        }
     }
 
     /// The Lambda emulator URL from `--lambda` or the environment.

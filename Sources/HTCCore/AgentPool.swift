@@ -32,8 +32,10 @@ final class AgentPool: Sendable {
             let record = workDirectory.appendingPathComponent("runs-\(index).txt").path
             let process = Process()
             process.executableURL = binary
-            process.arguments = ["--concurrency", String(concurrency), "--record-runs", record, "--id", "agent-\(index)"]
-                + LocalProcessScaler.gridArguments(urls) + extraArguments
+            process.arguments = [
+                "--concurrency", String(concurrency), "--record-runs", record, "--id", "agent-\(index)",
+                "--usage-file", usageDirectory(workDirectory).appendingPathComponent("agent-\(index).json").path,
+            ] + LocalProcessScaler.gridArguments(urls) + extraArguments
             process.environment = agentEnvironment()
             try process.run()
             processes.append(process)
@@ -59,7 +61,12 @@ final class AgentPool: Sendable {
         try FileManager.default.createDirectory(at: records, withIntermediateDirectories: true)
         let scaler = try LocalProcessScaler(
             binary: try agentBinary(), arguments: arguments,
-            perAgent: { ["--record-runs", records.appendingPathComponent("\($0).txt").path] },
+            perAgent: {
+                [
+                    "--record-runs", records.appendingPathComponent("\($0).txt").path,
+                    "--usage-file", usageDirectory(workDirectory).appendingPathComponent("\($0).json").path,
+                ]
+            },
             environment: environment, directory: workDirectory.appendingPathComponent("agents"), prefix: "agent", logger: logger
         )
         let autoscaler = try Autoscaler(queue: backends.queue, scaler: scaler, configuration: scaling, interval: interval, logger: logger)
@@ -67,6 +74,13 @@ final class AgentPool: Sendable {
         // The pool owns this task and cancels it in `stop()`.
         let task = Task { await autoscaler.run() }
         return AgentPool(.scaled(scaler, autoscaler: task, recordFiles: records))
+    }
+
+    /// Where agents started for a workload write their AWS usage (``AWSUsage``) when they stop.
+    static func usageDirectory(_ workDirectory: URL) -> URL {
+        let directory = workDirectory.appendingPathComponent("usage")
+        try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        return directory
     }
 
     /// The environment of the agents started for a workload: this process's, quieter by default.

@@ -63,6 +63,8 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Tasks each agent runs at once.") var concurrency = 1024
     @Option(help: "Give up after this many seconds.") var timeout: Double = 600
     @Flag(help: "Print one JSON line instead of text.") var json = false
+    @Option(help: "Seconds between the client's counts of the session while it waits (each count reads the session's task states; raise it on DynamoDB, where that costs read units).")
+    var pollInterval: Double = 0.05
     @Option(help: "Drive the workload through htc-server at this URL (env HTC_SERVER); needs --grid, the server's grid.") var server: String?
     @Option(help: "API key for --server (env HTC_API_KEY).") var apiKey: String?
 
@@ -97,6 +99,8 @@ struct BenchCommand: AsyncParsableCommand {
             backend: kind, urls: urls, tasks: tasks, agents: agents, payloadBytes: payloadBytes, concurrency: concurrency,
             timeout: Duration(timeInterval: timeout)
         )
+        guard pollInterval > 0 else { throw ValidationError("--poll-interval must be positive") }
+        workload.pollInterval = Duration(timeInterval: pollInterval)
         if let remote {
             workload.server = remote
             workload.batchSize = remote.submitBatchSize
@@ -112,6 +116,14 @@ struct BenchCommand: AsyncParsableCommand {
                 latency p50 \(result.latency_ms.p50) ms · p99 \(result.latency_ms.p99) ms
                 verified \(result.verified.grouped) · lost \(result.lost) · duplicates \(result.duplicates) · failed \(result.failed)
                 """)
+            if let aws = result.aws {
+                let requests = aws.requests_per_task.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: " · ")
+                let units = aws.dynamodb_write_units_per_task
+                print("""
+                    AWS per task: requests \(requests) · DynamoDB write units \(units.total) (table \(units.table), index \(units.indexes))
+                    ≈ $\(String(format: "%.2f", aws.dollarsPerMillionTasks)) per million tasks at list prices (SQS requests, DynamoDB writes, S3 requests)
+                    """)
+            }
         }
         if result.lost > 0 || result.duplicates > 0 { throw ExitCode.failure }
     }

@@ -30,6 +30,8 @@ struct Workload: Sendable {
     var scaling: ScalingConfiguration?
     /// How often the local scaler decides.
     var scalingInterval: Duration = .milliseconds(250)
+    /// How often the client counts the session's tasks while it waits.
+    var pollInterval: Duration = .milliseconds(50)
 
     /// The figures `htc bench --json` prints.
     struct Result: Codable, Sendable {
@@ -55,6 +57,8 @@ struct Workload: Sendable {
         var agents_started: Int? = nil
         var agents_peak: Int? = nil
         var shrunk_to_minimum: Bool? = nil
+        /// On AWS backends: requests and DynamoDB write units per task, of the client and the agents.
+        var aws: AWSCost? = nil
 
         /// One JSON line with the keys in the documented order (Foundation's encoder does not keep it).
         var jsonLine: String {
@@ -66,7 +70,12 @@ struct Workload: Sendable {
                 + "\"seconds\":\(number(seconds)),\"tasks_per_second\":\(number(tasks_per_second)),"
                 + "\"submit_per_second\":\(number(submit_per_second)),"
                 + "\"latency_ms\":{\"p50\":\(number(latency_ms.p50)),\"p99\":\(number(latency_ms.p99))},"
-                + "\"verified\":\(verified),\"lost\":\(lost),\"duplicates\":\(duplicates),\"failed\":\(failed)}"
+                + "\"verified\":\(verified),\"lost\":\(lost),\"duplicates\":\(duplicates),\"failed\":\(failed)"
+                + (aws.flatMap { cost in
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+                    return (try? encoder.encode(cost)).map { ",\"aws\":" + String(decoding: $0, as: UTF8.self) }
+                } ?? "") + "}"
         }
     }
 
@@ -104,7 +113,8 @@ struct Workload: Sendable {
         }
         if backend == .memory { urls = GridURLs(grid: "memory://bench") }
 
-        let backends = try await BackendRegistry.installed.makeBackends(urls, context: BackendContext(logger: logger))
+        let context = BackendContext(logger: logger)
+        let backends = try await BackendRegistry.installed.makeBackends(urls, context: context)
         let pool: AgentPool
         if backend == .memory {
             pool = try AgentPool.inProcess(count: agents, backends: backends, concurrency: concurrency, logger: logger)
@@ -129,6 +139,7 @@ struct Workload: Sendable {
         }
         let scaled = pool.scaling
         let runs = try await pool.stop()
+        let usage = try await AWSUsage.metered(context).adding(AWSUsage.sum(directory: AgentPool.usageDirectory(workDirectory)))
         let duplicates = runs.values.filter { $0 > 1 }.count
         var latencies = measured.latencies
         latencies.sort()
@@ -152,7 +163,8 @@ struct Workload: Sendable {
             failed: measured.failed,
             agents_started: scaled?.started,
             agents_peak: scaled?.peak,
-            shrunk_to_minimum: shrunk
+            shrunk_to_minimum: shrunk,
+            aws: usage.isEmpty ? nil : usage.perTask(tasks)
         )
     }
 
@@ -180,7 +192,7 @@ struct Workload: Sendable {
         }
         let submitSeconds = (ContinuousClock.now - started).timeInterval
 
-        let counts = try await client.wait(for: session.id, expected: tasks, pollInterval: .milliseconds(50), timeout: timeout) { counts in
+        let counts = try await client.wait(for: session.id, expected: tasks, pollInterval: pollInterval, timeout: timeout) { counts in
             progress?.update(counts, total: tasks)
         }
 
