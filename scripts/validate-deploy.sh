@@ -29,11 +29,11 @@ for overlay in deployment/kubernetes/overlays/*/; do
     "${KUBECTL:-kubectl}" kustomize "$overlay" > "$out/$name.yaml" 2> "$out/$name.err" || { cat "$out/$name.err" >&2; exit 1; }
     # kubernetes-validate knows only the built-in kinds and merely warns about others. The custom
     # resources are left out here by name (KEDA's ScaledObject and TriggerAuthentication, the Prometheus
-    # Operator's ServiceMonitor); any other kind without a schema fails the check below.
+    # Operator's ServiceMonitor and PodMonitor); any other kind without a schema fails the check below.
     python3 - "$out/$name.yaml" "$out/$name.builtin.yaml" <<'PY'
 import sys, yaml
 custom = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication"),
-          ("monitoring.coreos.com/v1", "ServiceMonitor")}
+          ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
 kept, skipped = [], []
 for document in yaml.safe_load_all(open(sys.argv[1])):
     if not document:

@@ -1,17 +1,14 @@
-import AsyncHTTPClient
 import Foundation
 import GridKernel
-import NIOCore
-import NIOHTTP1
-import NIOSSL
 
 /// Marks the agent's own pod with `controller.kubernetes.io/pod-deletion-cost` while it owns tasks, so
-/// that a ReplicaSet scaling in (KEDA lowering the agent Deployment's replicas) removes idle pods first.
+/// that a ReplicaSet scaling in (KEDA, or `htc-server --scale-deployment`, lowering the agent
+/// Deployment's replicas) removes idle pods first.
 ///
-/// It patches the pod through the in-cluster API: the service account's token and CA from their
-/// standard paths, the pod from `MY_POD_NAME` and `MY_POD_NAMESPACE` (the Downward API; the namespace
-/// falls back to the service account's namespace file). The Role `htc-agent-pod-deletion-cost` in
-/// `deployment/kubernetes` allows it. Tests point it elsewhere with `HTC_KUBERNETES_API`,
+/// It patches the pod through the in-cluster API (``KubernetesAPI``: the service account's token and CA
+/// from their standard paths), the pod from `MY_POD_NAME` and `MY_POD_NAMESPACE` (the Downward API; the
+/// namespace falls back to the service account's namespace file). The Role `htc-agent-pod-deletion-cost`
+/// in `deployment/kubernetes` allows it. Tests point it elsewhere with `HTC_KUBERNETES_API`,
 /// `HTC_KUBERNETES_TOKEN_FILE` and `HTC_KUBERNETES_CA_FILE`.
 public final class PodDeletionCost: Sendable {
     /// The annotation.
@@ -19,19 +16,17 @@ public final class PodDeletionCost: Sendable {
     /// The cost while the agent owns tasks; idle agents have 0, the default of unannotated pods.
     public static let busyCost = 100
 
-    private static let serviceAccount = "/var/run/secrets/kubernetes.io/serviceaccount"
-
     /// The pod's API URL.
     public let url: String
-    private let tokenFile: String
-    private let client: HTTPClient
+    private let path: String
+    private let permission: KubernetesAPI.Permission
+    private let api: KubernetesAPI
 
-    private init(url: String, tokenFile: String, caFile: String?) throws {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        if let caFile { tls.trustRoots = .file(caFile) }
-        self.url = url
-        self.tokenFile = tokenFile
-        self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(tlsConfiguration: tls))
+    private init(api: KubernetesAPI, namespace: String, pod: String) {
+        self.api = api
+        self.path = "/api/v1/namespaces/\(namespace)/pods/\(pod)"
+        self.url = api.api + path
+        self.permission = KubernetesAPI.Permission(verb: "patch", resource: "pods", group: "", name: pod, purpose: "pod deletion cost")
     }
 
     /// The annotator for this pod, by `setting`: `auto` (the default) marks the pod when the agent runs
@@ -45,64 +40,36 @@ public final class PodDeletionCost: Sendable {
             throw GridError.invalidArgument("--pod-deletion-cost \(mode) is not one of auto, on, off")
         }
         if mode == "off" { return nil }
-        var missing: [String] = []
-        let api: String? =
-            environment.string("HTC_KUBERNETES_API")
-            ?? environment.string("KUBERNETES_SERVICE_HOST").map { host in
-                let port = environment.string("KUBERNETES_SERVICE_PORT") ?? "443"
-                return host.contains(":") ? "https://[\(host)]:\(port)" : "https://\(host):\(port)"
-            }
-        if api == nil { missing.append("KUBERNETES_SERVICE_HOST (not in a pod?)") }
+        let location = KubernetesAPI.Location(environment: environment)
+        var missing = location.missing
         let pod = environment.string("MY_POD_NAME")
         if pod == nil { missing.append("MY_POD_NAME (set it from metadata.name with the Downward API)") }
-        let tokenFile = environment.string("HTC_KUBERNETES_TOKEN_FILE") ?? serviceAccount + "/token"
-        if !FileManager.default.isReadableFile(atPath: tokenFile) { missing.append("the service account token \(tokenFile)") }
-        let namespace =
-            environment.string("MY_POD_NAMESPACE")
-            ?? (try? String(contentsOfFile: serviceAccount + "/namespace", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        let namespace = environment.string("MY_POD_NAMESPACE") ?? KubernetesAPI.serviceAccountNamespace()
         if namespace == nil { missing.append("MY_POD_NAMESPACE") }
-        guard missing.isEmpty, let api, let pod, let namespace else {
+        guard missing.isEmpty, let pod, let namespace else {
             if mode == "on" {
                 throw GridError.invalidArgument("--pod-deletion-cost on needs " + missing.joined(separator: ", "))
             }
             return nil
         }
-        let caFile = environment.string("HTC_KUBERNETES_CA_FILE") ?? serviceAccount + "/ca.crt"
-        return try PodDeletionCost(
-            url: "\(api)/api/v1/namespaces/\(namespace)/pods/\(pod)",
-            tokenFile: tokenFile,
-            caFile: FileManager.default.isReadableFile(atPath: caFile) ? caFile : nil
-        )
+        return PodDeletionCost(api: try KubernetesAPI(location), namespace: namespace, pod: pod)
     }
 
     /// Sets the annotation: ``busyCost`` while busy, 0 when idle.
     ///
-    /// - Throws: ``GridKernel/GridError/Code/unavailable`` when the API cannot be reached or refuses
-    ///   (the message has its answer: a 403 means the Role is missing).
+    /// - Throws: ``GridKernel/GridError/Code/unavailable`` when the API cannot be reached or fails;
+    ///   ``GridKernel/GridError/Code/unauthorized`` when it refuses (a 403 means the Role is missing, and
+    ///   the message names the rule).
     public func mark(busy: Bool) async throws {
-        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        var request = HTTPClientRequest(url: url)
-        request.method = .PATCH
-        request.headers.add(name: "Authorization", value: "Bearer \(token)")
-        request.headers.add(name: "Content-Type", value: "application/merge-patch+json")
         let cost = busy ? Self.busyCost : 0
-        request.body = .bytes(ByteBuffer(string: #"{"metadata":{"annotations":{"\#(Self.annotation)":"\#(cost)"}}}"#))
-        let response: HTTPClientResponse
-        do {
-            response = try await client.execute(request, timeout: .seconds(10))
-        } catch {
-            throw GridError.unavailable("PATCH \(url) (pod deletion cost): \(error)")
-        }
-        guard (200..<300).contains(response.status.code) else {
-            let body = try? await response.body.collect(upTo: 4_096)
-            throw GridError.unavailable(
-                "PATCH \(url) (pod deletion cost) answered \(response.status.code): \(body.map { String(buffer: $0) } ?? "")"
-            )
-        }
+        _ = try await api.send(
+            .PATCH, path, body: #"{"metadata":{"annotations":{"\#(Self.annotation)":"\#(cost)"}}}"#,
+            contentType: "application/merge-patch+json", permission: permission
+        )
     }
 
     /// Closes the HTTP client.
     public func shutdown() async {
-        try? await client.shutdown()
+        await api.shutdown()
     }
 }

@@ -93,7 +93,7 @@ public struct GridAPI: Sendable {
             context.logger.warning("cannot read the queue depth for /metrics", metadata: ["error": "\(error)"])
         }
         if let scaling, let decision = await scaling.autoscaler.last {
-            metrics.scaling(desired: decision.desired, current: try? await scaling.local?.capacity().current)
+            metrics.scaling(desired: decision.desired, current: await scaling.currentAgents())
         }
         do {
             metrics.tasksByState(try await tasksByState())

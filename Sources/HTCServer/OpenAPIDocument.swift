@@ -236,8 +236,8 @@ paths:
       description: >-
         desired_agents is ceil((backlog + in_flight) / tasks_per_agent) within the bounds; scaling out is
         immediate, scaling in waits for the cool-down (htc-server --tasks-per-agent, --min-agents,
-        --max-agents, --scale-in-cooldown, --scale-interval). current_agents is present when the server runs
-        the agents itself (--local-agents). Also exported as the gauge htc_desired_agents.
+        --max-agents, --scale-in-cooldown, --scale-interval). current_agents is present when the server scales
+        the agents itself (--local-agents, --scale-deployment). Also exported as the gauge htc_desired_agents.
       responses:
         "200":
           description: The last decision.

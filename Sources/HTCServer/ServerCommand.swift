@@ -58,6 +58,9 @@ public struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Run between MIN and MAX htc-agent processes on this machine, started and stopped by the scaling policy (env HTC_LOCAL_AGENTS, e.g. 1..4).")
     var localAgents: String?
 
+    @Option(help: "Set the replicas of this agent Deployment from the scaling policy, through the in-cluster Kubernetes API (service-account token and CA), instead of KEDA; in the server's namespace or HTC_KUBERNETES_NAMESPACE (env HTC_SCALE_DEPLOYMENT, e.g. htc-agent).")
+    var scaleDeployment: String?
+
     @Option(help: "Tasks (waiting and running) one agent is expected to take (env HTC_TASKS_PER_AGENT, default 8).")
     var tasksPerAgent: Int?
 
@@ -92,6 +95,7 @@ public struct ServerCommand: AsyncParsableCommand {
         let metrics = ServerMetrics()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics.registry))
         let scaling = try scaling(settings.scaling, backends: backends, environment: environment, logger: logger)
+        try await Self.checkAccess(scaling, logger: logger)
         let api = GridAPI(
             client: GridClient(backends: backends, logger: logger), configuration: settings.configuration, metrics: metrics, scaling: scaling
         )
@@ -122,29 +126,57 @@ public struct ServerCommand: AsyncParsableCommand {
         var scaling: ScalingSettings
     }
 
-    /// The scaling policy's settings and whether this server runs the agents.
+    /// The scaling policy's settings and what, if anything, carries its decisions out.
     struct ScalingSettings: Equatable {
         var configuration: ScalingConfiguration
         var interval: Duration
+        /// `--local-agents`: the server runs the agents as processes.
         var local: Bool
+        /// `--scale-deployment`: the agent Deployment whose replicas the server sets.
+        var deployment: String? = nil
     }
 
-    /// The autoscaler, with a local process scaler for `--local-agents`.
+    /// The autoscaler, with a local process scaler for `--local-agents` or a Deployment scaler for
+    /// `--scale-deployment`.
     private func scaling(
         _ settings: ScalingSettings, backends: GridBackends, environment: HTCCore.Environment, logger: Logger
     ) throws -> ServerScaling {
-        var local: LocalProcessScaler?
+        var scaler: (any Scaler)?
         if settings.local {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("htc-server-agents-\(getpid())")
-            local = try LocalProcessScaler(
+            scaler = try LocalProcessScaler(
                 binary: try LocalProcessScaler.agentBinary(), arguments: LocalProcessScaler.gridArguments(grid.urls(environment)),
                 directory: directory, prefix: "local", logger: logger
             )
+        } else if let deployment = settings.deployment {
+            scaler = try KubernetesDeploymentScaler.make(deployment: deployment, environment: environment, logger: logger)
         }
         let autoscaler = try Autoscaler(
-            queue: backends.queue, scaler: local, configuration: settings.configuration, interval: settings.interval, logger: logger
+            queue: backends.queue, scaler: scaler, configuration: settings.configuration, interval: settings.interval, logger: logger
         )
-        return ServerScaling(autoscaler: autoscaler, local: local, configuration: settings.configuration)
+        return ServerScaling(autoscaler: autoscaler, scaler: scaler, configuration: settings.configuration)
+    }
+
+    /// Reads the agent Deployment's scale once before serving, so that a missing Role or a wrong name
+    /// stops the server with the reason instead of a warning every interval. An unreachable API is only
+    /// logged: the autoscaler retries at every tick.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/unauthorized`` or ``GridKernel/GridError/Code/notFound``
+    ///   from ``HTCCore/KubernetesDeploymentScaler/capacity()``.
+    static func checkAccess(_ scaling: ServerScaling, logger: Logger) async throws {
+        guard let scaler = scaling.scaler as? KubernetesDeploymentScaler else { return }
+        do {
+            let capacity = try await scaler.capacity()
+            logger.info(
+                "scaling the agent Deployment",
+                metadata: ["url": "\(scaler.url)", "replicas": "\(capacity.desired)", "running": "\(capacity.current)"]
+            )
+        } catch let error as GridError where error.code == .unavailable {
+            logger.warning("cannot read the agent Deployment's scale yet; retrying every scaling interval", metadata: ["error": "\(error)"])
+        } catch {
+            await scaling.shutdown()
+            throw error
+        }
     }
 
     /// Resolves flags, environment and defaults, and enforces the rules between them.
@@ -208,8 +240,8 @@ public struct ServerCommand: AsyncParsableCommand {
 
     /// Resolves the scaling flags.
     ///
-    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a malformed range, bounds given twice
-    ///   or values out of range.
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a malformed range, bounds given twice,
+    ///   values out of range, or `--local-agents` with `--scale-deployment`.
     func scalingSettings(_ environment: HTCCore.Environment) throws -> ScalingSettings {
         var configuration = ScalingConfiguration()
         if let value = try tasksPerAgent ?? environment.int("HTC_TASKS_PER_AGENT") { configuration.tasksPerAgent = value }
@@ -219,6 +251,13 @@ public struct ServerCommand: AsyncParsableCommand {
         let minimum = try minAgents ?? environment.int("HTC_MIN_AGENTS")
         let maximum = try maxAgents ?? environment.int("HTC_MAX_AGENTS")
         let local = localAgents ?? environment.string("HTC_LOCAL_AGENTS")
+        let deployment = scaleDeployment ?? environment.string("HTC_SCALE_DEPLOYMENT")
+        if let local, let deployment {
+            throw GridError.invalidArgument(
+                "--local-agents \(local) and --scale-deployment \(deployment) both scale the agents: "
+                    + "run them as local processes or in the Kubernetes Deployment, not both"
+            )
+        }
         if let local {
             guard minimum == nil, maximum == nil else {
                 throw GridError.invalidArgument("--local-agents \(local) sets the bounds; leave out --min-agents and --max-agents")
@@ -236,6 +275,6 @@ public struct ServerCommand: AsyncParsableCommand {
         try configuration.validate()
         let seconds = try scaleInterval ?? environment.seconds("HTC_SCALE_INTERVAL") ?? 5
         guard seconds > 0 else { throw GridError.invalidArgument("--scale-interval must be positive") }
-        return ScalingSettings(configuration: configuration, interval: Duration(timeInterval: seconds), local: local != nil)
+        return ScalingSettings(configuration: configuration, interval: Duration(timeInterval: seconds), local: local != nil, deployment: deployment)
     }
 }

@@ -28,7 +28,8 @@ public enum ServerMetricName {
     public static var queueDepth: String { Descriptor.queueDepth.name }
     /// Gauge: the agents the scaling policy wants (what KEDA reads at `GET /v1/scaling`).
     public static var desiredAgents: String { Descriptor.desiredAgents.name }
-    /// Gauge: the agents running, when the server runs them (`--local-agents`).
+    /// Gauge: the agents running, when the server scales them (`--local-agents`: its processes;
+    /// `--scale-deployment`: the Deployment's `status.replicas`).
     public static var runningAgents: String { Descriptor.runningAgents.name }
 
     enum Descriptor {
@@ -63,7 +64,7 @@ public enum ServerMetricName {
             MetricNameDescriptor(namespace: "htc", metricName: "desired_agents", unitName: "", helpText: "Agents the scaling policy wants.")
         }
         static var runningAgents: MetricNameDescriptor {
-            MetricNameDescriptor(namespace: "htc", metricName: "running_agents", unitName: "", helpText: "Agents this server runs (--local-agents).")
+            MetricNameDescriptor(namespace: "htc", metricName: "running_agents", unitName: "", helpText: "Agents running, when this server scales them (--local-agents, --scale-deployment).")
         }
 
         private static func server(_ name: String, unit: String, help: String) -> MetricNameDescriptor {

@@ -4,25 +4,43 @@ import HTCCore
 import Hummingbird
 import ServiceLifecycle
 
-/// How the server decides the number of agents, and, with `--local-agents`, starts them.
+/// How the server decides the number of agents, and, with `--local-agents` or `--scale-deployment`,
+/// carries the decision out.
 ///
 /// The ``GridKernel/Autoscaler`` ticks on an interval; its last decision is served at
 /// `GET /v1/scaling` (what KEDA's `metrics-api` scaler reads) and exported as the gauge
-/// `htc_desired_agents`. With a ``HTCCore/LocalProcessScaler`` the server also carries the decision out
-/// with `htc-agent` processes on this machine, and drains them when it shuts down.
+/// `htc_desired_agents`. With a scaler the server also applies the decision: a
+/// ``HTCCore/LocalProcessScaler`` runs `htc-agent` processes on this machine (and drains them when the
+/// server shuts down), a ``HTCCore/KubernetesDeploymentScaler`` sets the agent Deployment's replicas.
 public struct ServerScaling: Sendable {
-    /// Decides (and applies, with a local scaler).
+    /// Decides (and applies, with a scaler).
     public let autoscaler: Autoscaler
-    /// The local agents, when the server runs them.
-    public let local: LocalProcessScaler?
+    /// What carries the decisions out, when the server does; `nil` when a platform reads them (KEDA).
+    public let scaler: (any Scaler)?
     /// The policy's settings, reported with each decision.
     public let configuration: ScalingConfiguration
 
-    /// Wraps an autoscaler.
-    public init(autoscaler: Autoscaler, local: LocalProcessScaler?, configuration: ScalingConfiguration) {
+    /// Wraps an autoscaler and the scaler it applies its decisions with.
+    public init(autoscaler: Autoscaler, scaler: (any Scaler)?, configuration: ScalingConfiguration) {
         self.autoscaler = autoscaler
-        self.local = local
+        self.scaler = scaler
         self.configuration = configuration
+    }
+
+    /// The local agents, when the server runs them.
+    public var local: LocalProcessScaler? { scaler as? LocalProcessScaler }
+
+    /// The agents running now, when the server scales them; `nil` without a scaler or when it cannot
+    /// be asked (the Kubernetes API is down: the decision is still served).
+    func currentAgents() async -> Int? {
+        try? await scaler?.capacity().current
+    }
+
+    /// Stops what the scaler started: drains the local agents, closes the Kubernetes client. The agent
+    /// Deployment keeps its replicas.
+    func shutdown() async {
+        await local?.stopAll()
+        await (scaler as? KubernetesDeploymentScaler)?.shutdown()
     }
 
     /// The last decision, or a fresh one before the first tick.
@@ -41,7 +59,7 @@ struct ScalingBody: Codable, Equatable {
     var backlog: Int
     /// Tasks leased by agents.
     var in_flight: Int
-    /// Agents running now, when this server runs them (`--local-agents`).
+    /// Agents running now, when this server scales them (`--local-agents`, `--scale-deployment`).
     var current_agents: Int?
     var minimum_agents: Int
     var maximum_agents: Int
@@ -54,7 +72,7 @@ extension GridAPI {
             throw GridError.notFound("this server does not decide scaling; it was started without a scaling policy")
         }
         let decision = try await scaling.decision()
-        let current = try await scaling.local?.capacity().current
+        let current = await scaling.currentAgents()
         metrics.scaling(desired: decision.desired, current: current)
         return try Self.json(
             ScalingBody(
@@ -66,12 +84,13 @@ extension GridAPI {
     }
 }
 
-/// Runs the autoscaler until shutdown, then drains the local agents.
+/// Runs the autoscaler until shutdown, then drains the local agents (a scaled Deployment keeps its
+/// replicas).
 struct AutoscalerService: Service {
     let scaling: ServerScaling
 
     func run() async throws {
         await cancelWhenGracefulShutdown { await scaling.autoscaler.run() }
-        await scaling.local?.stopAll()
+        await scaling.shutdown()
     }
 }

@@ -11,52 +11,12 @@ import Testing
 /// The agent marks its pod through the Kubernetes API while it owns tasks; here the API is a local
 /// HTTP server on 127.0.0.1 that records the PATCH requests.
 @Suite struct PodDeletionCostTests {
-    struct Patch: Sendable, Equatable {
-        var path: String
-        var authorization: String
-        var contentType: String
-        var body: String
-    }
-
-    final class Patches: Sendable {
-        private let list = Mutex<[Patch]>([])
-        func append(_ patch: Patch) { list.withLock { $0.append(patch) } }
-        var all: [Patch] { list.withLock { $0 } }
-    }
-
-    private func withFakeAPI(_ body: @escaping @Sendable (Int, Patches) async throws -> Void) async throws {
-        let patches = Patches()
-        let router = Router()
-        router.patch("api/v1/namespaces/{namespace}/pods/{pod}") { request, _ -> HTTPResponse.Status in
-            let data = try await request.body.collect(upTo: 10_000)
-            patches.append(
-                Patch(
-                    path: request.uri.path, authorization: request.headers[.authorization] ?? "",
-                    contentType: request.headers[.contentType] ?? "", body: String(buffer: data)
-                )
-            )
-            return .ok
-        }
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await app.test(.live) { client in
-            try await body(client.port ?? 0, patches)
-        }
-    }
-
-    private func tokenFile() throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("htc-token-\(UUID().uuidString.prefix(8))").path
-        try "secret-token\n".write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }
-
     @Test func anAgentMarksItsPodBusyThenIdle() async throws {
-        try await withFakeAPI { port, patches in
-            let token = try tokenFile()
-            defer { try? FileManager.default.removeItem(atPath: token) }
-            let environment = Environment([
-                "HTC_KUBERNETES_API": "http://127.0.0.1:\(port)", "HTC_KUBERNETES_TOKEN_FILE": token,
-                "MY_POD_NAME": "agent-7", "MY_POD_NAMESPACE": "grid",
-            ])
+        let server = FakeKubernetesAPI()
+        try await server.serve { _, api in
+            var environment = api
+            environment.values["MY_POD_NAME"] = "agent-7"
+            environment.values["MY_POD_NAMESPACE"] = "grid"
             let pod = try #require(try PodDeletionCost.make(setting: nil, environment: environment))
             let backends = GridBackends(queue: InMemoryTaskQueue(), state: InMemoryStateStore(), payloads: InMemoryPayloadStore())
             let release = Gate()
@@ -70,7 +30,7 @@ import Testing
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await agent.run() }
                 group.addTask { try await service.run() }
-                func annotations() -> [String] { patches.all.map(\.body) }
+                func annotations() -> [String] { server.patches.map(\.body) }
                 let idle = #"{"metadata":{"annotations":{"controller.kubernetes.io/pod-deletion-cost":"0"}}}"#
                 let busy = #"{"metadata":{"annotations":{"controller.kubernetes.io/pod-deletion-cost":"100"}}}"#
                 try await waitFor("the idle mark") { annotations() == [idle] }
@@ -80,12 +40,31 @@ import Testing
                 release.open()
                 try await waitFor("the idle mark after the task") { annotations() == [idle, busy, idle] }
                 #expect(try await client.counts(session.id)[.finished] == 1)
-                let first = try #require(patches.all.first)
+                let first = try #require(server.patches.first)
                 #expect(first.path == "/api/v1/namespaces/grid/pods/agent-7")
                 #expect(first.authorization == "Bearer secret-token")
                 #expect(first.contentType == "application/merge-patch+json")
                 agent.stop()
                 group.cancelAll()
+            }
+            await pod.shutdown()
+        }
+    }
+
+    @Test func aRefusedPatchNamesTheRule() async throws {
+        let server = FakeKubernetesAPI()
+        server.forbid("patch")
+        try await server.serve { _, api in
+            var environment = api
+            environment.values["MY_POD_NAME"] = "agent-7"
+            environment.values["MY_POD_NAMESPACE"] = "grid"
+            let pod = try #require(try PodDeletionCost.make(setting: "on", environment: environment))
+            do {
+                try await pod.mark(busy: true)
+                Issue.record("a refused patch passed")
+            } catch let error as GridError {
+                #expect(error.code == .unauthorized)
+                #expect(error.message.contains(#"apiGroups [""], resources [pods], verbs [patch]"#), "\(error.message)")
             }
             await pod.shutdown()
         }
@@ -118,13 +97,5 @@ private struct GatedHandler: TaskHandler {
     func run(input: [UInt8], context: TaskContext) async throws -> [UInt8] {
         while !release.isOpen { try await Task.sleep(for: .milliseconds(5)) }
         return input
-    }
-}
-
-private func waitFor(_ what: String, timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while try await !condition() {
-        guard ContinuousClock.now < deadline else { throw GridError(.timeout, "timed out waiting for \(what)") }
-        try await Task.sleep(for: .milliseconds(10))
     }
 }

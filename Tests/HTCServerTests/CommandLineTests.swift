@@ -39,6 +39,27 @@ import Testing
         }
     }
 
+    @Test func scaleDeploymentFromTheFlagOrTheVariableButNotWithLocalAgents() async throws {
+        let flag = try await settings(["--scale-deployment", "htc-agent", "--min-agents", "1", "--max-agents", "20"]).scaling
+        #expect(flag.deployment == "htc-agent" && !flag.local)
+        #expect(flag.configuration.minimum == 1 && flag.configuration.maximum == 20)
+        #expect(try await settings([], environment: ["HTC_SCALE_DEPLOYMENT": "agents"]).scaling.deployment == "agents")
+        #expect(try await settings(["--scale-deployment", "a"], environment: ["HTC_SCALE_DEPLOYMENT": "b"]).scaling.deployment == "a")
+        for (arguments, environment) in [
+            (["--local-agents", "1..4", "--scale-deployment", "htc-agent"], [:]),
+            (["--local-agents", "1..4"], ["HTC_SCALE_DEPLOYMENT": "htc-agent"]),
+            (["--scale-deployment", "htc-agent"], ["HTC_LOCAL_AGENTS": "1..4"]),
+        ] {
+            do {
+                _ = try await settings(arguments, environment: environment)
+                Issue.record("\(arguments) \(environment) was accepted")
+            } catch let error as GridError {
+                #expect(error.code == .invalidArgument)
+                #expect(error.message.contains("--local-agents") && error.message.contains("--scale-deployment") && error.message.contains("not both"))
+            }
+        }
+    }
+
     @Test func environmentIsTheFallback() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("htc-server-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

@@ -22,6 +22,10 @@ import Yams
         var environment: [String: String]
         /// Seconds between SIGTERM and SIGKILL, where the file sets it.
         var gracePeriod: Double?
+        /// The pod's service account and its workload's replicas (Kubernetes only).
+        var serviceAccount: String? = nil
+        var replicas: Int? = nil
+        var workload: String? = nil
 
         var binary: String { arguments.first ?? "" }
         var description: String { "\(origin): \(arguments.joined(separator: " "))" }
@@ -61,7 +65,7 @@ import Yams
     }
 
     @Test func everyOverlayIsChecked() {
-        #expect(Set(Self.overlays).isSuperset(of: ["local", "aws"]), "overlays found: \(Self.overlays)")
+        #expect(Set(Self.overlays).isSuperset(of: ["local", "aws", "aws-monitoring", "local-server-scaling"]), "overlays found: \(Self.overlays)")
     }
 
     @Test(arguments: overlays)
@@ -101,7 +105,13 @@ import Yams
                     let key = try #require(variable["name"] as? String)
                     environment[key] = variable["value"].map { "\($0)" } ?? "from-\(key.lowercased())"
                 }
-                invocations.append(Invocation(origin: "overlays/\(overlay) \(kind)/\(name)", arguments: arguments, environment: environment, gracePeriod: grace))
+                invocations.append(
+                    Invocation(
+                        origin: "overlays/\(overlay) \(kind)/\(name)", arguments: arguments, environment: environment, gracePeriod: grace,
+                        serviceAccount: pod["serviceAccountName"] as? String ?? "default",
+                        replicas: (object["spec"] as? [String: Any])?["replicas"] as? Int ?? 1, workload: name
+                    )
+                )
             }
         }
         let binaries = Set(invocations.map(\.binary))
@@ -124,28 +134,79 @@ import Yams
                 #expect(url.path == "/v1/scaling" && metadata["valueLocation"] as? String == "desired_agents")
             }
         }
+        // Exactly one of KEDA and htc-server scales each agent Deployment.
+        let scaledByServer = try checkServerDrivenScaling(overlay: overlay, objects: objects, invocations: invocations)
+        let scaledByKEDA = Set(objects.filter { $0["kind"] as? String == "ScaledObject" }.compactMap {
+            (($0["spec"] as? [String: Any])?["scaleTargetRef"] as? [String: Any])?["name"] as? String
+        })
+        for agent in Set(invocations.filter { $0.binary == "htc-agent" }.compactMap(\.workload)) {
+            #expect(scaledByKEDA.contains(agent) != scaledByServer.contains(agent), "overlays/\(overlay): \(agent) must be scaled by KEDA or by htc-server, once")
+        }
+    }
+
+    /// `htc-server --scale-deployment NAME` (HTC_SCALE_DEPLOYMENT): the Deployment is in the overlay, KEDA
+    /// does not scale it too, a Role bound to the server's service account allows `get` and `patch` on
+    /// its `deployments/scale`, and one server replica sets it (each replica has its own cool-down).
+    /// Returns the Deployments the servers scale.
+    func checkServerDrivenScaling(overlay: String, objects: [[String: Any]], invocations: [Invocation]) throws -> Set<String> {
+        func metadata(_ object: [String: Any]) -> [String: Any] { object["metadata"] as? [String: Any] ?? [:] }
+        func all(_ kind: String) -> [[String: Any]] { objects.filter { $0["kind"] as? String == kind } }
+        let deployments = Set(all("Deployment").compactMap { metadata($0)["name"] as? String })
+        var targets: Set<String> = []
+        for invocation in invocations where invocation.binary == "htc-server" {
+            let command = try ServerCommand.parse(Array(invocation.arguments.dropFirst()))
+            guard let target = try command.scalingSettings(Environment(invocation.environment)).deployment else { continue }
+            targets.insert(target)
+            #expect(deployments.contains(target), "\(invocation) scales Deployment \(target), which overlays/\(overlay) does not have")
+            #expect(invocation.replicas == 1, "\(invocation): \(invocation.replicas ?? 0) replicas would each set \(target)'s replicas")
+            let account = try #require(invocation.serviceAccount)
+            let roles = all("RoleBinding").filter { binding in
+                (binding["subjects"] as? [[String: Any]] ?? []).contains { $0["kind"] as? String == "ServiceAccount" && $0["name"] as? String == account }
+            }.compactMap { ($0["roleRef"] as? [String: Any])?["name"] as? String }
+            let allowed = all("Role").filter { roles.contains(metadata($0)["name"] as? String ?? "") }.contains { role in
+                (role["rules"] as? [[String: Any]] ?? []).contains { rule in
+                    let names = rule["resourceNames"] as? [String]
+                    return (rule["apiGroups"] as? [String] ?? []).contains("apps")
+                        && (rule["resources"] as? [String] ?? []).contains("deployments/scale")
+                        && Set(rule["verbs"] as? [String] ?? []).isSuperset(of: ["get", "patch"])
+                        && (names == nil || names?.contains(target) == true)
+                }
+            }
+            #expect(allowed, "overlays/\(overlay): no Role bound to service account \(account) allows get and patch on deployments/scale \(target)")
+        }
+        return targets
     }
 
     // MARK: Grafana
 
-    @Test func dashboardQueriesOnlyMetricsTheServerExports() throws {
+    @Test func dashboardQueriesOnlyExportedMetricsAndShowsTheKernels() throws {
         let data = try Data(contentsOf: Self.root.appendingPathComponent("deployment/grafana-dashboard.json"))
         let dashboard = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
         let panels = try #require(dashboard["panels"] as? [[String: Any]])
         let expressions = panels.flatMap { ($0["targets"] as? [[String: Any]] ?? []).compactMap { $0["expr"] as? String } }
         #expect(expressions.count >= 8)
-        let exported: Set<String> = [
+        // The kernel's counters come from htc-server (its client and reaper) and from the agents
+        // (htc-agent --metrics-listen); the rest from htc-server alone.
+        let kernel: Set<String> = [
+            GridMetricName.tasksSubmitted, GridMetricName.taskOutcomes, GridMetricName.leaseExpiries, GridMetricName.retries,
+            GridMetricName.deadLettered,
+        ]
+        let exported: Set<String> = kernel.union([
             ServerMetricName.sessionsCreated, ServerMetricName.sessionsCancelled, ServerMetricName.tasksSubmitted,
             ServerMetricName.submitDuration, ServerMetricName.resultsReturned, ServerMetricName.longPolls, ServerMetricName.queueDepth,
             ServerMetricName.tasks, ServerMetricName.tasksSessions, ServerMetricName.desiredAgents, ServerMetricName.runningAgents,
-        ]
+        ])
+        let queried = Set(expressions.flatMap { $0.matches(of: /\b(htc_[a-z_]+)/).map { String($0.output.1) } })
+        for name in kernel.union([ServerMetricName.tasks, ServerMetricName.desiredAgents, ServerMetricName.runningAgents]) {
+            #expect(queried.contains(name), "the dashboard has no panel for \(name)")
+        }
         for expression in expressions {
             for match in expression.matches(of: /\b(htc_[a-z_]+)/) {
                 var name = String(match.output.1)
                 for suffix in ["_bucket", "_count", "_sum"] where name.hasSuffix(suffix) && !exported.contains(name) {
                     name.removeLast(suffix.count)
                 }
-                #expect(exported.contains(name), "the dashboard queries \(name), which htc-server does not export")
+                #expect(exported.contains(name), "the dashboard queries \(name), which neither htc-server nor htc-agent exports")
             }
         }
     }
@@ -208,8 +269,13 @@ import Yams
     static func variablesRead(by binary: String) throws -> Set<String> {
         let files: [String]
         switch binary {
-        case "htc-agent": files = ["Sources/HTCCore/GridOptions.swift", "Sources/HTCCore/AgentCommand.swift"]
-        case "htc-server": files = ["Sources/HTCCore/GridOptions.swift", "Sources/HTCServer/ServerCommand.swift"]
+        case "htc-agent":
+            files = ["Sources/HTCCore/GridOptions.swift", "Sources/HTCCore/AgentCommand.swift", "Sources/HTCCore/PodDeletionCost.swift", "Sources/HTCCore/KubernetesAPI.swift"]
+        case "htc-server":
+            files = [
+                "Sources/HTCCore/GridOptions.swift", "Sources/HTCServer/ServerCommand.swift", "Sources/HTCCore/KubernetesDeploymentScaler.swift",
+                "Sources/HTCCore/KubernetesAPI.swift",
+            ]
         default:
             let directory = root.appendingPathComponent("Sources/HTCCore")
             files = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".swift") }.map { "Sources/HTCCore/\($0)" }

@@ -14,7 +14,7 @@ import Testing
         let backends = GridBackends(queue: queue, state: InMemoryStateStore(), payloads: InMemoryPayloadStore())
         let configuration = ScalingConfiguration(tasksPerAgent: 4, minimum: 1, maximum: 5)
         let decider = scaling
-            ? ServerScaling(autoscaler: try Autoscaler(queue: queue, scaler: nil, configuration: configuration), local: nil, configuration: configuration)
+            ? ServerScaling(autoscaler: try Autoscaler(queue: queue, scaler: nil, configuration: configuration), scaler: nil, configuration: configuration)
             : nil
         return (GridAPI(client: GridClient(backends: backends), scaling: decider), queue)
     }
