@@ -183,13 +183,7 @@ struct Claims: JWTPayload {
 
     func verify(using algorithm: some JWTAlgorithm) async throws {}
 
-    func number(_ name: String) -> Double? {
-        switch values[name] {
-        case .integer(let value): Double(value)
-        case .number(let value): value
-        default: nil
-        }
-    }
+    func number(_ name: String) -> Double? { values[name]?.double }
 
     func string(_ name: String) -> String? {
         if case .string(let value) = values[name] { return value }

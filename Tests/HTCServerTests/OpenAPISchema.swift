@@ -1,4 +1,5 @@
 import Foundation
+import GridKernel
 import Testing
 import Yams
 
@@ -79,8 +80,8 @@ struct OpenAPISchemas {
     private static func matches(_ value: JSONValue, type: String) -> Bool {
         switch (type, value) {
         case ("null", .null), ("boolean", .bool), ("string", .string), ("array", .array), ("object", .object): true
-        case ("integer", .integer), ("number", .integer), ("number", .number): true
-        case ("integer", .number(let number)): number == number.rounded()
+        case ("integer", .int), ("number", .int), ("number", .double): true
+        case ("integer", .double(let number)): number == number.rounded()
         default: false
         }
     }
