@@ -31,8 +31,8 @@ LAYOUT = {
     "max_receive_count": 1000,
     "hash_key": "pk",
     "range_key": "sk",
-    "attributes": {"pk": "S", "sk": "S", "lp": "S", "lease": "N"},
-    "indexes": {"by_lease": ("lp", "lease")},
+    "attributes": {"pk": "S", "sk": "S"},
+    "indexes": {},
     "ttl_attribute": "expires_at",
     "billing_mode": "PAY_PER_REQUEST",
     "sqs_calls": {"ChangeMessageVisibilityBatch", "CreateQueue", "DeleteMessageBatch", "GetQueueAttributes", "GetQueueUrl",
@@ -95,7 +95,7 @@ def layout_from_sources():
     dead = one(r'func deadLetterQueueName\(prefix: String\) -> String \{ "([^"]+)" \}', sqs, "deadLetterQueueName")
     definitions = one(r'"AttributeDefinitions": \.array\(\s*\[(.*?)\]\.map', table, "AttributeDefinitions").group(1)
     table_key = one(r'"KeySchema": \[\["AttributeName": "(\w+)", "KeyType": "HASH"\], \["AttributeName": "(\w+)", "KeyType": "RANGE"\]\],\s*'
-                    r'"GlobalSecondaryIndexes"', table, "the table's key")
+                    r'(?:"GlobalSecondaryIndexes"|\])', table, "the table's key")
     return {
         "queue_name": swift_template(queue.group(1)),
         "dead_letter_name": swift_template(dead.group(1)),

@@ -116,32 +116,38 @@ func dynamoDBPagingAcrossShards() async throws {
 }
 
 /// The write-unit meter follows DynamoDB's billing rules through a task's life on moto: creation one
-/// table unit, a claim one table unit and one index unit (the task enters the lease index), a
-/// heartbeat one table unit and two index units (its index key moves), a finish one table unit and
-/// one index unit (it leaves the index), a claim that loses one table unit; and requests are counted.
+/// unit per task, a claim one unit per task plus one for the batch's lease bucket, a heartbeat one
+/// unit plus its bucket, a finish one unit, a claim that loses one unit (a failed condition is billed)
+/// plus its bucket; nothing on indexes (the table has none); and requests are counted.
 @Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)))
 func dynamoDBWriteUnitsFollowTheBillingRules() async throws {
     let store = try await awsTests.state("units-\(UUID().uuidString.prefix(8).lowercased())")
     let meter = store.client.meter
-    func units() -> (table: Double, indexes: Double) { (meter.dynamoDBWriteUnits.table, meter.dynamoDBWriteUnits.indexes) }
     let session = SessionID.random()
     let now = Date(timeIntervalSince1970: 1_700_000_000)
     try await store.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
-    let start = units()
+    let start = meter.dynamoDBWriteUnits.table
+    func units() -> Double { meter.dynamoDBWriteUnits.table - start }
     let ids = (0..<10).map { TaskID(session: session, index: $0) }
     try await store.createTasks(ids.map { TaskRecord(id: $0, state: .pending, submittedAt: now) })
-    #expect(units().table - start.table == 10 && units().indexes - start.indexes == 0, "creation: \(units())")
+    #expect(units() == 10, "creation")
     let claimed = try await store.claim(ids, owner: AgentID("a"), leaseExpiry: now.addingTimeInterval(30), now: now)
     #expect(claimed.count == 10)
-    #expect(units().table - start.table == 20 && units().indexes - start.indexes == 10, "claims: \(units())")
+    #expect(units() == 21, "ten claims and their bucket")
     #expect(try await store.claim([ids[0]], owner: AgentID("b"), leaseExpiry: now.addingTimeInterval(30), now: now).isEmpty)
-    #expect(units().table - start.table == 21 && units().indexes - start.indexes == 10, "a lost claim: \(units())")
+    #expect(units() == 23, "a lost claim and its bucket")
     #expect(try await store.heartbeat([ids[0]], owner: AgentID("a"), leaseExpiry: now.addingTimeInterval(60)) == [ids[0]])
-    #expect(units().table - start.table == 22 && units().indexes - start.indexes == 12, "a heartbeat: \(units())")
+    #expect(units() == 25, "a heartbeat and its bucket")
     let finished = try await store.finish(ids.map { TaskCompletion(id: $0, output: [1, 2, 3]) }, owner: AgentID("a"), at: now)
     #expect(finished.count == 10)
-    #expect(units().table - start.table == 32 && units().indexes - start.indexes == 22, "finishes: \(units())")
+    #expect(units() == 35, "ten finishes")
+    #expect(meter.dynamoDBWriteUnits.indexes == 0)
     #expect(meter.requests["dynamodb:UpdateItem", default: 0] >= 22)
+    // The buckets of the finished tasks are garbage once they expire: the reaper deletes them.
+    #expect(try await store.expiredLeases(now: now.addingTimeInterval(120), limit: 100).isEmpty)
+    #expect(units() == 38, "three buckets deleted")
+    #expect(try await store.expiredLeases(now: now.addingTimeInterval(120), limit: 100).isEmpty)
+    #expect(units() == 38, "nothing left to delete")
 }
 
 /// `make test` must never skip the AWS suites.

@@ -1,6 +1,6 @@
 # IRSA: the role htc-server and the agents assume through their Kubernetes service account. Least
 # privilege: only the API actions the GridAWS backends call at run time, on only this grid's queues,
-# table (and its indexes) and payload prefix. Creating the table and the bucket is Terraform's job, so
+# table and payload prefix. Creating the table and the bucket is Terraform's job, so
 # the role cannot; it can create queues named <prefix>__* because the grid makes the queue of a new
 # priority on first use. scripts/check-terraform.py checks this list against the backends' calls.
 
@@ -72,7 +72,7 @@ data "aws_iam_policy_document" "grid" {
       "dynamodb:Query",
       "dynamodb:UpdateItem",
     ]
-    resources = [aws_dynamodb_table.state.arn, "${aws_dynamodb_table.state.arn}/index/*"]
+    resources = [aws_dynamodb_table.state.arn]
   }
   statement {
     sid = "Payloads"

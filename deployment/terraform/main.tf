@@ -32,7 +32,7 @@ resource "aws_sqs_queue" "priority" {
   })
 }
 
-# --- DynamoDB: the state store, one table (pk + sk) with one sparse index ----------------------
+# --- DynamoDB: the state store, one table (pk + sk), no secondary index --------------------------
 
 resource "aws_dynamodb_table" "state" {
   name         = local.table_name
@@ -48,24 +48,10 @@ resource "aws_dynamodb_table" "state" {
     name = "sk"
     type = "S"
   }
-  attribute {
-    name = "lp"
-    type = "S"
-  }
-  attribute {
-    name = "lease"
-    type = "N"
-  }
 
-  # Sessions (pk "session") and each session's tasks (pk "t#<session>#<shard>", sk the index) are
-  # queries of the table itself. The one index: processing tasks by lease expiry (sparse), for the
-  # reaper.
-  global_secondary_index {
-    name            = "by_lease"
-    hash_key        = "lp"
-    range_key       = "lease"
-    projection_type = "ALL"
-  }
+  # Sessions (pk "session"), each session's tasks (pk "t#<session>#<shard>", sk the index) and the
+  # lease buckets the reaper reads (pk "lease#<shard>", sk the expiry) are all queries of the table
+  # itself: no index for every transition to write as well.
 
   # The grid never sets it; an operator may, to expire old records (docs/backends.md).
   ttl {

@@ -179,7 +179,8 @@ public struct DynamoDBWriteUnits: Sendable, Hashable, Codable {
     /// Units written to the table: one per KiB of the item, at least one, also for a write whose
     /// condition failed.
     public var table: Double = 0
-    /// Units written to the lease index (a task entering or leaving it, or its lease moving).
+    /// Units written to secondary indexes (none in the current layout: kept so that a layout with an
+    /// index reports what it costs).
     public var indexes: Double = 0
     /// The total DynamoDB reported.
     public var reported: Double = 0

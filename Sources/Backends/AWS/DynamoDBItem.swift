@@ -4,21 +4,21 @@ import GridKernel
 /// The DynamoDB table layout of the state store: attribute names, key values and the codec between
 /// ``GridKernel/TaskRecord`` / ``GridKernel/SessionRecord`` and DynamoDB items.
 ///
-/// One table, partition key `pk` and sort key `sk` (both strings):
+/// One table, partition key `pk` and sort key `sk` (both strings), no secondary index:
 ///
 /// | item | `pk` | `sk` | other attributes |
 /// |---|---|---|---|
 /// | session | `session` | `<session>` | `sid`, `prio`, `maxr`, `tmo`, `labels`, `created`, `count`, `cancelled` |
-/// | task | `t#<session>#<shard>` | `<index>`, 12 digits | `sid`, `idx`, `st`, `owner`, `lease`, `lp`, `retries`, `maxr`, `prio`, `tmo`, `submitted`, `started`, `completed`, `err`, `out` |
+/// | task | `t#<session>#<shard>` | `<index>`, 12 digits | `sid`, `idx`, `st`, `owner`, `lease`, `retries`, `maxr`, `prio`, `tmo`, `submitted`, `started`, `completed`, `err`, `out` |
+/// | lease bucket | `lease#<shard>` | `<expiry in ms>`, 15 digits, `#<random>` | `tasks`: the tasks leased with that expiry, `<session>_<index>,<index>…` per session, sessions separated by spaces |
 ///
 /// A session's tasks are spread over ``DynamoDBConfiguration/taskShards`` partitions (shard = index
-/// mod shards), each in index order, so listing and counting a session are queries of the table, and
-/// a transition writes the table only. One global secondary index, `by_lease` (partition `lp` =
-/// `lease#<shard>`, sort `lease`, every attribute projected), holds the processing tasks by lease
-/// expiry: sparse (`lp` exists only while a task is processing), spread over
-/// ``DynamoDBConfiguration/leaseShards`` keys as HTC-Grid spreads its state index. A task therefore
-/// costs five write units when it runs once: three on the table (create, claim, finish) and two on
-/// the index (in at the claim, out at the finish).
+/// mod shards), each in index order, so listing and counting a session are queries of the table. A
+/// claim or a heartbeat first writes one lease bucket for all its tasks (spread over
+/// ``DynamoDBConfiguration/leaseShards`` partitions), so the reaper finds expired leases by querying
+/// buckets older than now, without an index that every transition would also write. A task that
+/// runs once therefore costs three write units (create, claim, finish) plus its share of one bucket
+/// per claim batch.
 enum DynamoDBItem {
     typealias Item = [String: JSON]
 
@@ -48,18 +48,38 @@ enum DynamoDBItem {
         return String(repeating: "0", count: max(0, 12 - digits.count)) + digits
     }
 
-    static func leaseKey(shard: Int) -> String { "lease#\(shard)" }
+    /// The partition of one shard of the lease buckets.
+    static func leasePartition(shard: Int) -> String { "lease#\(shard)" }
 
-    /// A stable shard of a task in the lease index, from its id.
-    static func shard(_ id: TaskID, of count: Int) -> Int {
-        guard count > 1 else { return 0 }
-        var hash: UInt64 = 14_695_981_039_346_656_037
-        for byte in id.rawValue.utf8 {
-            hash ^= UInt64(byte)
-            hash = hash &* 1_099_511_628_211
-        }
-        return Int(hash % UInt64(count))
+    /// A bucket's sort key: its expiry in milliseconds, zero-padded so that the string order is the
+    /// time order, then `#` and `suffix`.
+    static func bucketSortKey(expiry: Date, suffix: String) -> String {
+        let digits = String(max(0, Int((expiry.timeIntervalSince1970 * 1_000).rounded(.up))))
+        return String(repeating: "0", count: max(0, 15 - digits.count)) + digits + "#" + suffix
     }
+
+    /// The item of a lease bucket naming `tasks`, which hold leases until `expiry`.
+    static func bucket(_ tasks: [TaskID], expiry: Date, shard: Int) -> Item {
+        let groups = Dictionary(grouping: tasks, by: \.session).sorted { $0.key < $1.key }.map { session, ids in
+            "\(session.rawValue)_" + ids.map { String($0.index) }.sorted().joined(separator: ",")
+        }
+        return [
+            "pk": s(leasePartition(shard: shard)), "sk": s(bucketSortKey(expiry: expiry, suffix: UUID().uuidString.lowercased())),
+            "tasks": s(groups.joined(separator: " ")),
+        ]
+    }
+
+    /// The tasks a lease bucket names (malformed entries are skipped).
+    static func bucketTasks(_ item: Item) -> [TaskID] {
+        (string(item, "tasks") ?? "").split(separator: " ").flatMap { group -> [TaskID] in
+            guard let underscore = group.firstIndex(of: "_"), let session = try? SessionID(String(group[..<underscore])) else { return [] }
+            return group[group.index(after: underscore)...].split(separator: ",").compactMap { Int($0) }.map { TaskID(session: session, index: $0) }
+        }
+    }
+
+    /// The key of an item (`pk` and `sk`).
+    static func itemKey(_ item: Item) -> Item { ["pk": item["pk"] ?? s(""), "sk": item["sk"] ?? s("")] }
+
 
     /// The size DynamoDB bills an item by: each attribute's name plus its value (strings and binary
     /// by length, numbers by about one byte per two digits plus one, booleans one byte).
@@ -100,10 +120,7 @@ enum DynamoDBItem {
             "retries": n(task.retries), "maxr": n(task.maxRetries), "prio": n(task.priority), "submitted": n(task.submittedAt),
         ]) { $1 }
         if let owner = task.owner { item["owner"] = s(owner.rawValue) }
-        if let lease = task.leaseExpiry {
-            item["lease"] = n(lease)
-            if task.state == .processing { item["lp"] = s(leaseKey(shard: shard(task.id, of: configuration.leaseShards))) }
-        }
+        if let lease = task.leaseExpiry { item["lease"] = n(lease) }
         if let timeout = task.timeout { item["tmo"] = ["N": .string(String(timeout.timeInterval))] }
         if let started = task.startedAt { item["started"] = n(started) }
         if let completed = task.completedAt { item["completed"] = n(completed) }

@@ -6,7 +6,7 @@ extension DynamoDBStateStore {
     /// records stay until a session is deleted unless an operator sets it (see docs/backends.md).
     public static let timeToLiveAttribute = "expires_at"
 
-    /// Creates the table (key `pk` + `sk`) with its lease index and turns on time to live, if the
+    /// Creates the table (key `pk` + `sk`, no secondary index) and turns on time to live, if the
     /// table does not exist (idempotent), and waits until it is active.
     ///
     /// - Throws: ``GridKernel/GridError``.
@@ -15,17 +15,10 @@ extension DynamoDBStateStore {
             "TableName": .string(configuration.table),
             "BillingMode": "PAY_PER_REQUEST",
             "AttributeDefinitions": .array(
-                [("pk", "S"), ("sk", "S"), ("lp", "S"), ("lease", "N")].map {
+                [("pk", "S"), ("sk", "S")].map {
                     ["AttributeName": .string($0.0), "AttributeType": .string($0.1)]
                 }),
             "KeySchema": [["AttributeName": "pk", "KeyType": "HASH"], ["AttributeName": "sk", "KeyType": "RANGE"]],
-            "GlobalSecondaryIndexes": [
-                [
-                    "IndexName": "by_lease",
-                    "KeySchema": [["AttributeName": "lp", "KeyType": "HASH"], ["AttributeName": "lease", "KeyType": "RANGE"]],
-                    "Projection": ["ProjectionType": "ALL"],
-                ]
-            ],
         ]
         do {
             _ = try await client.json("DynamoDB_20120810", "CreateTable", definition, resource: "table \(configuration.table)", repeatability: .safe)

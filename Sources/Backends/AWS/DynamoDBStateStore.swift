@@ -8,7 +8,7 @@ import GridKernel
 /// `BatchWriteItem` (25 items a call, `UnprocessedItems` sent again), after a consistent
 /// `BatchGetItem` that leaves existing tasks as they are. A session's tasks live in a few partitions
 /// of the table in index order, so listings and counts are queries of the table (following
-/// `LastEvaluatedKey`); the one index holds processing tasks by lease expiry for the reaper. The
+/// `LastEvaluatedKey`); claims and heartbeats write lease buckets that the reaper queries. The
 /// layout is documented on ``DynamoDBItem`` and in docs/backends.md. Write units are metered on
 /// the client's ``AWSRequestMeter`` by DynamoDB's billing rules (item size, index writes).
 public struct DynamoDBStateStore: StateStore {
@@ -115,7 +115,7 @@ public struct DynamoDBStateStore: StateStore {
         var removed = 0
         try await forEachPage(id, states: nil) { records in
             try await batchWrite(records.map { ["DeleteRequest": ["Key": .object(D.key($0.id, shards: configuration.taskShards))]] })
-            for record in records { meterWrite(item: nil, indexWrites: record.state == .processing ? 1 : 0) }
+            for _ in records { meterWrite(item: nil) }
             removed += records.count
         }
         _ = try await call("DeleteItem", ["Key": .object(D.key(id))], resource: "session \(id)")
@@ -158,6 +158,10 @@ public struct DynamoDBStateStore: StateStore {
         let ids = Array(unique.keys)
         let existing = Set(try await batchGet(ids.map { D.key($0, shards: configuration.taskShards) }))
         let missing = ids.filter { !existing.contains(Self.keyText(D.key($0, shards: configuration.taskShards))) }.compactMap { unique[$0] }
+        // Records created already processing (a restore) get their lease bucket first, as claims do.
+        for (expiry, leased) in Dictionary(grouping: missing.filter { $0.state == .processing }, by: { $0.leaseExpiry }) {
+            if let expiry { try await writeLeaseBucket(leased.map(\.id), expiry: expiry) }
+        }
         let items = missing.map { D.item($0, configuration: configuration) }
         try await batchWrite(items.map { ["PutRequest": ["Item": .object($0)]] })
         for item in items { meterWrite(item: item) }
@@ -227,40 +231,63 @@ public struct DynamoDBStateStore: StateStore {
         return Page(items: page, next: records.count > limit ? page.last.map { IntegerCursor.make($0.id.index) } : nil)
     }
 
+    /// Reads the lease buckets that expired before `now` (shard by shard, oldest first), then the
+    /// tasks they name (consistently); returns those still processing with an expired lease, and
+    /// deletes the buckets that name none (their tasks finished, were renewed under a newer bucket, or
+    /// never were claimed).
     public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
         guard limit > 0 else { return [] }
-        let perShard = try await (0..<configuration.leaseShards).concurrentMap(width: 8) { shard in
+        let bound = D.bucketSortKey(expiry: now, suffix: "")
+        let buckets = try await (0..<configuration.leaseShards).concurrentMap(width: 8) { shard in
             try await query(
-                index: "by_lease", condition: "#lp = :lp AND #lease < :now", names: ["#lp": "lp", "#lease": "lease"],
-                values: [":lp": D.s(D.leaseKey(shard: shard)), ":now": D.n(now)], limit: limit)
-        }
-        let records = try perShard.joined().map(D.task).filter { $0.state == .processing && ($0.leaseExpiry.map { $0 < now } ?? false) }
-        return Array(records.sorted { ($0.leaseExpiry ?? now) < ($1.leaseExpiry ?? now) }.prefix(limit))
+                index: nil, condition: "#pk = :pk AND #sk < :now", names: ["#pk": "pk", "#sk": "sk"],
+                values: [":pk": D.s(D.leasePartition(shard: shard)), ":now": D.s(bound)], limit: Swift.max(limit, 100))
+        }.joined().map { (key: D.itemKey($0), tasks: D.bucketTasks($0)) }
+        guard !buckets.isEmpty else { return [] }
+        let ids = Set(buckets.flatMap(\.tasks))
+        let records = try await batchGetItems(ids.map { D.key($0, shards: configuration.taskShards) }).map(D.task)
+        let expired = Dictionary(
+            records.filter { $0.state == .processing && ($0.leaseExpiry.map { $0 < now } ?? false) }.map { ($0.id, $0) }, uniquingKeysWith: { $1 })
+        let garbage = buckets.filter { !$0.tasks.contains { expired[$0] != nil } }
+        try await batchWrite(garbage.map { ["DeleteRequest": ["Key": .object($0.key)]] })
+        for _ in garbage { meterWrite(item: nil) }
+        return Array(expired.values.sorted { ($0.leaseExpiry ?? now, $0.id) < ($1.leaseExpiry ?? now, $1.id) }.prefix(limit))
+    }
+
+    /// Writes a lease bucket naming `ids` with `expiry`, before their leases are written, so that every
+    /// processing task is named by a bucket of its lease expiry, whatever happens next.
+    private func writeLeaseBucket(_ ids: [TaskID], expiry: Date) async throws {
+        guard !ids.isEmpty else { return }
+        let item = D.bucket(ids, expiry: expiry, shard: Int.random(in: 0..<configuration.leaseShards))
+        _ = try await call("PutItem", ["Item": .object(item)], resource: "lease bucket of \(ids.count) task(s)")
+        meterWrite(item: item)
     }
 
     // MARK: Transitions
 
     public func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
-        let won = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskRecord? in
+        let unique = Array(Set(ids))
+        try await writeLeaseBucket(unique, expiry: leaseExpiry)
+        let won = try await unique.concurrentMap(width: configuration.concurrency) { id -> TaskRecord? in
             let answer = try await update(
                 id,
                 set: [
                     "st": D.s(TaskState.processing.rawValue), "owner": D.s(owner.rawValue), "lease": D.n(leaseExpiry), "started": D.n(now),
-                    "lp": D.s(D.leaseKey(shard: D.shard(id, of: configuration.leaseShards))),
                 ],
                 condition: "#c_st = :c_pending AND attribute_not_exists(#c_owner)",
-                conditionNames: ["#c_st": "st", "#c_owner": "owner"], conditionValues: [":c_pending": D.s(TaskState.pending.rawValue)],
-                indexWrites: { _ in .put })
+                conditionNames: ["#c_st": "st", "#c_owner": "owner"], conditionValues: [":c_pending": D.s(TaskState.pending.rawValue)])
             return try answer.map(D.task)
         }
         return won.compactMap { $0 }
     }
 
     public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
-        let held = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskID? in
+        let unique = Array(Set(ids))
+        try await writeLeaseBucket(unique, expiry: leaseExpiry)
+        let held = try await unique.concurrentMap(width: configuration.concurrency) { id -> TaskID? in
             try await update(
-                id, set: ["lease": D.n(leaseExpiry)], condition: Self.owned, conditionNames: Self.ownedNames, conditionValues: Self.ownedValues(owner),
-                indexWrites: { _ in .move }) != nil ? id : nil
+                id, set: ["lease": D.n(leaseExpiry)], condition: Self.owned, conditionNames: Self.ownedNames, conditionValues: Self.ownedValues(owner)
+            ) != nil ? id : nil
         }
         return Set(held.compactMap { $0 })
     }
@@ -272,8 +299,8 @@ public struct DynamoDBStateStore: StateStore {
             var set = terminalSet(completion.id, .finished, at: at)
             if let output = completion.output { set.merge(D.outputAttributes(output)) { $1 } }
             return try await update(
-                completion.id, set: set, remove: ["owner", "lease", "lp"], condition: Self.owned, conditionNames: Self.ownedNames,
-                conditionValues: Self.ownedValues(owner), indexWrites: { _ in .delete }) != nil ? completion.id : nil
+                completion.id, set: set, remove: ["owner", "lease"], condition: Self.owned, conditionNames: Self.ownedNames,
+                conditionValues: Self.ownedValues(owner)) != nil ? completion.id : nil
         }
         return Set(done.compactMap { $0 })
     }
@@ -297,8 +324,8 @@ public struct DynamoDBStateStore: StateStore {
             var set = terminalSet(failure.id, .failed, at: at)
             set["err"] = D.s(failure.message)
             return try await update(
-                failure.id, set: set, remove: ["owner", "lease", "lp"], condition: Self.live, conditionNames: Self.liveNames,
-                conditionValues: Self.liveValues, returning: "ALL_OLD", indexWrites: Self.leftLeaseIndex) != nil ? failure.id : nil
+                failure.id, set: set, remove: ["owner", "lease"], condition: Self.live, conditionNames: Self.liveNames,
+                conditionValues: Self.liveValues) != nil ? failure.id : nil
         }
         return Set(failed.compactMap { $0 })
     }
@@ -306,8 +333,8 @@ public struct DynamoDBStateStore: StateStore {
     public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
         let before = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskState? in
             let old = try await update(
-                id, set: terminalSet(id, .cancelled, at: at), remove: ["owner", "lease", "lp"], condition: Self.live,
-                conditionNames: Self.liveNames, conditionValues: Self.liveValues, returning: "ALL_OLD", indexWrites: Self.leftLeaseIndex)
+                id, set: terminalSet(id, .cancelled, at: at), remove: ["owner", "lease"], condition: Self.live,
+                conditionNames: Self.liveNames, conditionValues: Self.liveValues, returning: "ALL_OLD")
             return old.flatMap { D.string($0, "st") }.flatMap(TaskState.init(rawValue:))
         }
         return CancelCounts(pending: before.filter { $0 == .pending }.count, processing: before.filter { $0 == .processing }.count)
@@ -326,16 +353,14 @@ public struct DynamoDBStateStore: StateStore {
                 let retried = try await update(
                     id,
                     set: ["st": D.s(TaskState.pending.rawValue), "err": D.s(failure.message)],
-                    add: ["retries": D.n(1)], remove: ["owner", "lease", "lp"], condition: "\(condition) AND #c_retries < #c_maxr",
-                    conditionNames: conditionNames.merging(["#c_retries": "retries", "#c_maxr": "maxr"]) { $1 }, conditionValues: conditionValues,
-                    indexWrites: { _ in .delete })
+                    add: ["retries": D.n(1)], remove: ["owner", "lease"], condition: "\(condition) AND #c_retries < #c_maxr",
+                    conditionNames: conditionNames.merging(["#c_retries": "retries", "#c_maxr": "maxr"]) { $1 }, conditionValues: conditionValues)
                 if retried != nil { return (id, .pending) }
             }
             var set = terminalSet(id, .failed, at: at)
             set["err"] = D.s(failure.message)
             let failed = try await update(
-                id, set: set, remove: ["owner", "lease", "lp"], condition: condition, conditionNames: conditionNames, conditionValues: conditionValues,
-                indexWrites: { _ in .delete })
+                id, set: set, remove: ["owner", "lease"], condition: condition, conditionNames: conditionNames, conditionValues: conditionValues)
             return failed != nil ? (id, .failed) : nil
         }
         return Dictionary(outcomes.compactMap { $0 }, uniquingKeysWith: { $1 })
@@ -344,9 +369,6 @@ public struct DynamoDBStateStore: StateStore {
     private func terminalSet(_ id: TaskID, _ state: TaskState, at: Date) -> Item {
         ["st": D.s(state.rawValue), "completed": D.n(at)]
     }
-
-    /// What a transition from the old item (`ALL_OLD`) did to the lease index: a processing task leaves it.
-    private static let leftLeaseIndex: @Sendable (Item) -> IndexWrite = { old in D.string(old, "st") == TaskState.processing.rawValue ? .delete : .none }
 
     private static let owned = "#c_st = :c_processing AND #c_owner = :c_owner"
     private static let ownedNames = ["#c_st": "st", "#c_owner": "owner"]
@@ -359,24 +381,12 @@ public struct DynamoDBStateStore: StateStore {
 
     // MARK: DynamoDB calls
 
-    /// What a task's write does to the lease index, for the write-unit meter.
-    enum IndexWrite {
-        case none
-        /// The item enters the index (its `lp` is set).
-        case put
-        /// The item leaves the index.
-        case delete
-        /// The index key (`lease`) changes: a delete and a put.
-        case move
-    }
-
     /// One conditional `UpdateItem` of a task; `nil` when the condition did not hold (or the task
     /// does not exist), else the returned attributes (`ALL_NEW` unless `returning` says otherwise).
-    /// Meters the write units: the item's on the table (one when the condition failed) and
-    /// `indexWrites` of the returned item on the lease index.
+    /// Meters the write units by the returned item's size (one when the condition failed).
     private func update(
         _ id: TaskID, set: Item, add: Item = [:], remove: [String] = [], condition: String, conditionNames: [String: String],
-        conditionValues: Item, returning: String = "ALL_NEW", indexWrites: (Item) -> IndexWrite
+        conditionValues: Item, returning: String = "ALL_NEW"
     ) async throws -> Item? {
         var names = conditionNames
         var values = conditionValues
@@ -414,8 +424,7 @@ public struct DynamoDBStateStore: StateStore {
                     "ExpressionAttributeValues": .object(values), "ReturnValues": .string(returning),
                 ], resource: "task \(id)")
             let item = answer["Attributes"]?.object ?? [:]
-            let index = indexWrites(item)
-            meterWrite(item: returning == "ALL_NEW" || returning == "ALL_OLD" ? item : nil, indexWrites: index == .none ? 0 : index == .move ? 2 : 1)
+            meterWrite(item: item)
             return item
         } catch let error as GridError where Self.conditionFailed(error) {
             meterWrite(item: nil)
@@ -423,11 +432,10 @@ public struct DynamoDBStateStore: StateStore {
         }
     }
 
-    /// Meters one write: the item's write units on the table (one unit per KiB, at least one) and
-    /// `indexWrites` writes of it on the lease index.
-    private func meterWrite(item: Item?, indexWrites: Int = 0) {
-        let units = Double(Swift.max(1, ((item.map(D.size) ?? 0) + 1_023) / 1_024))
-        client.meter.addWriteUnits(table: units, indexes: units * Double(indexWrites))
+    /// Meters one write on the table: one unit per KiB of the item, at least one (the table has no
+    /// secondary index to write).
+    private func meterWrite(item: Item?) {
+        client.meter.addWriteUnits(table: Double(Swift.max(1, ((item.map(D.size) ?? 0) + 1_023) / 1_024)), indexes: 0)
     }
 
     private func getItem(_ key: Item, resource: String) async throws -> Item? {
@@ -435,19 +443,24 @@ public struct DynamoDBStateStore: StateStore {
         return answer["Item"]?.object
     }
 
-    /// The keys (as ``keyText(_:)``) of the given keys that exist (consistent reads, 100 keys a
-    /// call, `UnprocessedKeys` read again).
+    /// The keys (as ``keyText(_:)``) of the given keys that exist.
     private func batchGet(_ keys: [Item]) async throws -> [String] {
+        try await batchGetItems(keys, projection: "pk, sk").map(Self.keyText)
+    }
+
+    /// The items of the given keys that exist (consistent reads, 100 keys a call, `UnprocessedKeys`
+    /// read again), every attribute unless `projection` names some.
+    private func batchGetItems(_ keys: [Item], projection: String? = nil) async throws -> [Item] {
         let chunks = stride(from: 0, to: keys.count, by: 100).map { Array(keys[$0..<Swift.min($0 + 100, keys.count)]) }
-        let found = try await chunks.concurrentMap(width: configuration.concurrency) { chunk -> [String] in
-            var request: JSON = [
-                table: ["Keys": .array(chunk.map { .object($0) }), "ConsistentRead": true, "ProjectionExpression": "pk, sk"]
-            ]
-            var keys: [String] = []
+        let found = try await chunks.concurrentMap(width: configuration.concurrency) { chunk -> [Item] in
+            var read: [String: JSON] = ["Keys": .array(chunk.map { .object($0) }), "ConsistentRead": true]
+            if let projection { read["ProjectionExpression"] = .string(projection) }
+            var request: JSON = [table: .object(read)]
+            var items: [Item] = []
             for attempt in 1...configuration.batchRetries {
                 let answer = try await call("BatchGetItem", ["RequestItems": request], resource: "table \(table)")
-                keys += (answer["Responses"]?[table]?.array ?? []).map { Self.keyText($0.object) }
-                guard let unprocessed = answer["UnprocessedKeys"], !unprocessed.object.isEmpty else { return keys }
+                items += (answer["Responses"]?[table]?.array ?? []).map(\.object)
+                guard let unprocessed = answer["UnprocessedKeys"], !unprocessed.object.isEmpty else { return items }
                 request = unprocessed
                 try await Task.sleep(for: client.retry.backoff(retry: attempt, random: Double.random(in: 0..<1)))
             }
@@ -545,7 +558,7 @@ public struct DynamoDBConfiguration: Sendable, Hashable {
     public var table: String
     /// Partitions each session's tasks are spread over (a task's is its index mod this).
     public var taskShards: Int
-    /// Keys the `by_lease` index of processing tasks is spread over.
+    /// Partitions the lease buckets (which tasks hold a lease until when) are spread over.
     public var leaseShards: Int
     /// Per-task calls in flight within one batch operation.
     public var concurrency: Int
