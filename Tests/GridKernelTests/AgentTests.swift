@@ -257,25 +257,73 @@ import Testing
                 clock.advance(by: .milliseconds(5))
                 return agent.ownedCount == 1
             }
-            // Six lease durations pass, one heartbeat interval at a time. Before each step the heartbeat
-            // loop must be asleep again (its renewal of both leases complete): it is then the only sleeper.
-            for _ in 0..<30 {
+            // Six lease durations pass, one heartbeat interval at a time. A lease is renewed once it is
+            // older than renewAfter (10 − 3 × 2 = 4 s), so at every tick at least two intervals are left.
+            #expect(configuration.renewAfter == .seconds(4))
+            var leases: Set<Date> = []
+            for tick in 1...30 {
                 try await waitUntil("the heartbeat loop sleeps") { clock.sleeperCount == 1 }
-                let before = try await client.task(id).leaseExpiry
                 clock.advance(by: .seconds(2))
-                try await waitUntil("the heartbeat renewed the lease") {
-                    try await client.task(id).leaseExpiry != before
-                }
-                try await waitUntil("the heartbeat loop sleeps again") { clock.sleeperCount == 1 }
+                try await waitUntil("heartbeat pass \(tick) ended") { agent.heartbeatPasses == tick }
+                let lease = try #require(try await client.task(id).leaseExpiry)
+                leases.insert(lease)
+                #expect(lease.timeIntervalSince(clock.now) >= 4, "tick \(tick): the lease must keep two intervals to spare")
                 #expect(try await reaper.runOnce() == ReaperReport())
                 #expect(try await backends.queue.lease(max: 1, duration: .seconds(1), order: .highestFirst, wait: .zero).isEmpty)
             }
+            // Renewed every second or third tick, not at every one: young leases cost no writes.
+            #expect((10...16).contains(leases.count), "\(leases.count) distinct leases in 30 ticks")
             gate.open()
             try await waitUntil("the task finished") { try await client.task(id).state == .finished }
         }
         let record = try await client.task(id)
         #expect(record.retries == 0)
         #expect(try await client.output(id) == [3])
+    }
+
+    /// A young task (lease not yet due for renewal) is not written by heartbeats, yet when its session
+    /// is cancelled its handler stops at the next heartbeat pass.
+    @Test func aYoungTaskIsNotRenewedButStopsWhenItsSessionIsCancelled() async throws {
+        let clock = ManualClock()
+        let backends = memoryBackends(clock: clock)
+        let client = GridClient(backends: backends, clock: clock)
+        let session = try await client.createSession()
+        let id = try await client.submit(session.id, inputs: [[7]])[0]
+        var configuration = fastAgent(concurrency: 1)
+        configuration.leaseDuration = .seconds(30)
+        configuration.heartbeatInterval = .seconds(5)
+        let stopped = Mutex(false)
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, _ in
+                do {
+                    try await Task.sleep(for: .seconds(3600))
+                } catch {
+                    stopped.withLock { $0 = true }
+                }
+                return input
+            },
+            configuration: configuration,
+            clock: clock
+        )
+        try await withAgent(agent) {
+            try await waitUntil("the task runs") {
+                clock.advance(by: .milliseconds(5))
+                return agent.ownedCount == 1
+            }
+            let claimedLease = try await client.task(id).leaseExpiry
+            try await waitUntil("the heartbeat loop sleeps") { clock.sleeperCount == 1 }
+            clock.advance(by: .seconds(5))
+            try await waitUntil("heartbeat pass 1 ended") { agent.heartbeatPasses == 1 }
+            #expect(try await client.task(id).leaseExpiry == claimedLease, "a 5-second-old lease is not renewed (renewAfter 15 s)")
+            #expect(!stopped.withLock { $0 })
+            _ = try await client.cancel(session.id)
+            try await waitUntil("the heartbeat loop sleeps") { clock.sleeperCount == 1 }
+            clock.advance(by: .seconds(5))
+            try await waitUntil("heartbeat pass 2 ended") { agent.heartbeatPasses == 2 }
+            try await waitUntil("the handler was stopped by the session check") { stopped.withLock { $0 } }
+        }
+        #expect(try await client.task(id).state == .cancelled)
     }
 
     /// Runs one low-priority task and `high` high-priority tasks on one slot; returns the sessions in

@@ -18,6 +18,8 @@ public final class Agent: Sendable {
     private struct Owned: Sendable {
         var lease: Lease
         var record: TaskRecord
+        /// When the lease was taken or last renewed.
+        var renewedAt: Date
         var work: Task<[UInt8], any Error>?
         var lost = false
     }
@@ -39,6 +41,7 @@ public final class Agent: Sendable {
         var completions: [Finished] = []
         var stopping = false
         var leaseCalls = 0
+        var heartbeats = 0
     }
 
     private let backends: GridBackends
@@ -76,6 +79,10 @@ public final class Agent: Sendable {
 
     /// How many tasks the agent owns right now (running or waiting for their outcome to be stored).
     public var ownedCount: Int { state.withLock { $0.owned.count } }
+
+    /// How many heartbeat passes have ended (renewed, checked, or failed): progress to wait on with a
+    /// manual clock.
+    public var heartbeatPasses: Int { state.withLock { $0.heartbeats } }
 
     /// Asks the agent to stop: it leases nothing more, lets running tasks finish within the drain
     /// timeout, hands back the rest, and then ``run()`` returns.
@@ -197,7 +204,7 @@ public final class Agent: Sendable {
         if !lost.isEmpty { try await settleUnowned(lost) }
         guard !claimed.isEmpty else { return [] }
 
-        var owned: [Owned] = claimed.compactMap { record in byID[record.id].map { Owned(lease: $0, record: record) } }
+        var owned: [Owned] = claimed.compactMap { record in byID[record.id].map { Owned(lease: $0, record: record, renewedAt: now) } }
         let externalKeys = owned.filter { $0.lease.payload == nil }.map { PayloadKey.input($0.record.id) }
         let external = externalKeys.isEmpty ? [:] : try await backends.payloads.get(externalKeys)
         var started: [(Owned, [UInt8])] = []
@@ -415,18 +422,43 @@ public final class Agent: Sendable {
             } catch {
                 logger.warning("heartbeat failed; retrying next interval", metadata: ["error": "\(error)"])
             }
+            state.withLock { $0.heartbeats += 1 }
         }
     }
 
-    /// Renews the leases of every owned task, and stops the handlers of tasks that were cancelled or
-    /// whose lease was lost.
+    /// Renews the leases that are due (older than ``AgentConfiguration/renewAfter``), reads the sessions
+    /// of the other tasks, and stops the handlers of tasks that were cancelled, deleted or whose lease
+    /// was lost. Short tasks thus cost no lease writes, and a cancelled session still stops within one
+    /// interval; a task cancelled on its own stops at its next renewal.
     func heartbeat() async throws {
+        let now = clock.now
         let snapshot: [Owned] = state.withLock { Array($0.owned.values) }
         guard !snapshot.isEmpty else { return }
-        let ids = snapshot.map(\.record.id)
-        let expiry = clock.now.addingTimeInterval(configuration.leaseDuration.timeInterval)
-        let stillOwned = try await backends.state.heartbeat(ids, owner: configuration.id, leaseExpiry: expiry)
-        let lost = snapshot.filter { !stillOwned.contains($0.record.id) }
+        let renewAfter = configuration.renewAfter.timeInterval
+        let due = snapshot.filter { now.timeIntervalSince($0.renewedAt) >= renewAfter }
+        let young = snapshot.filter { now.timeIntervalSince($0.renewedAt) < renewAfter }
+        var lost: [Owned] = []
+        if !due.isEmpty {
+            let expiry = now.addingTimeInterval(configuration.leaseDuration.timeInterval)
+            let stillOwned = try await backends.state.heartbeat(due.map(\.record.id), owner: configuration.id, leaseExpiry: expiry)
+            lost += due.filter { !stillOwned.contains($0.record.id) }
+            let renewed = due.filter { stillOwned.contains($0.record.id) }
+            state.withLock { state in
+                for task in renewed { state.owned[task.record.id]?.renewedAt = now }
+            }
+            if !renewed.isEmpty {
+                _ = try await backends.queue.extend(renewed.map(\.lease), duration: configuration.leaseDuration)
+            }
+        }
+        for session in Set(young.map(\.record.id.session)) {
+            let ended: Bool
+            do {
+                ended = try await backends.state.session(session).cancelled
+            } catch let error as GridError where error.code == .notFound {
+                ended = true
+            }
+            if ended { lost += young.filter { $0.record.id.session == session } }
+        }
         if !lost.isEmpty {
             let works: [Task<[UInt8], any Error>] = state.withLock { state in
                 lost.compactMap { task in
@@ -436,10 +468,6 @@ public final class Agent: Sendable {
             }
             for work in works { work.cancel() }
             logger.info("stopped tasks that were cancelled or whose lease was lost", metadata: ["count": "\(lost.count)"])
-        }
-        let renew = snapshot.filter { stillOwned.contains($0.record.id) }.map(\.lease)
-        if !renew.isEmpty {
-            _ = try await backends.queue.extend(renew, duration: configuration.leaseDuration)
         }
     }
 }

@@ -10,8 +10,9 @@ public struct AgentConfiguration: Sendable {
     /// How long a lease (queue visibility and state-store ownership) lasts before it must be renewed.
     /// An agent that dies loses its tasks to others after about this long. Default 30 s.
     public var leaseDuration: Duration
-    /// How often running tasks are heartbeated and checked for cancellation; a cancelled task stops
-    /// within one interval. Must be well under ``leaseDuration``. Default 5 s.
+    /// How often running tasks are checked: a task whose lease is due (``renewAfter``) is renewed, the
+    /// others' sessions are read, so a cancelled session's tasks stop within one interval. Must be at
+    /// most half the ``leaseDuration``. Default 5 s.
     public var heartbeatInterval: Duration
     /// How long one lease call may wait for messages (long poll) when the queue supports it. Default 0.
     public var pollWait: Duration
@@ -59,6 +60,15 @@ public struct AgentConfiguration: Sendable {
         self.retryDelay = retryDelay
         self.drainTimeout = drainTimeout
         self.onRunsCompleted = onRunsCompleted
+    }
+
+    /// How old a lease gets before a heartbeat renews it: the lease duration less three heartbeat
+    /// intervals (none with the shortest allowed lease), so every renewal leaves at least two intervals
+    /// to spare and a task shorter than this is never renewed (15 s with the defaults: short tasks
+    /// cost no heartbeat writes).
+    public var renewAfter: Duration {
+        let after = leaseDuration - heartbeatInterval * 3
+        return after > .zero ? after : .zero
     }
 
     /// Checks the settings.
