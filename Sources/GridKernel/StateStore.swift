@@ -176,10 +176,11 @@ public enum IntegerCursor {
     /// Parses a cursor made by ``make(_:)``; `nil` gives `nil`.
     ///
     /// - Throws: ``GridError/Code/invalidArgument`` if the cursor is not an integer.
-    public static func parse(_ cursor: String?) throws -> Int? {
+    /// - Parameter backend: the backend named in the error, if any.
+    public static func parse(_ cursor: String?, backend: String? = nil) throws -> Int? {
         guard let cursor else { return nil }
         guard let value = Int(cursor) else {
-            throw GridError.invalidArgument("cursor '\(cursor)' is malformed; pass the 'next' value of the previous page")
+            throw GridError.invalidArgument("cursor '\(cursor)' is malformed; pass the 'next' value of the previous page", backend: backend)
         }
         return value
     }

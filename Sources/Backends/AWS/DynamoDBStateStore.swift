@@ -198,13 +198,7 @@ public struct DynamoDBStateStore: StateStore {
     /// the cursor; records up to the smallest point a shard stopped at are complete and in order.
     public func tasks(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskRecord> {
         try Self.check(limit: limit)
-        var after: Int?
-        do {
-            after = try IntegerCursor.parse(cursor)
-        } catch var error as GridError {
-            error.backend = "dynamodb"
-            throw error
-        }
+        var after = try IntegerCursor.parse(cursor, backend: "dynamodb")
         let shards = configuration.taskShards
         // Items each shard evaluates per round: its share of the page, doubled while the state is rare.
         var window = Swift.min(1_000, (limit + 1 + shards - 1) / shards + 1)

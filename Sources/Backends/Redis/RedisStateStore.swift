@@ -285,13 +285,7 @@ public struct RedisStateStore: StateStore {
     ///   ``GridError/Code/unavailable``.
     public func tasks(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskRecord> {
         try Self.check(limit: limit)
-        let after: Int?
-        do {
-            after = try IntegerCursor.parse(cursor)
-        } catch var error as GridError {
-            error.backend = Self.backend
-            throw error
-        }
+        let after = try IntegerCursor.parse(cursor, backend: Self.backend)
         let arguments = [Array(state.rawValue.utf8), Array((after.map { "(\($0)" } ?? "-inf").utf8), RedisKeys.bytes(limit + 1)]
         let reply = try await client.run([RedisScriptCall(script: RedisScripts.page, keys: [base(session)], arguments: arguments)], idempotent: true)[0]
         let found = try Self.records(session, reply)

@@ -271,13 +271,7 @@ public actor InMemoryStateStore: StateStore {
     /// - Throws: ``GridError/Code/invalidArgument`` for a malformed cursor or a `limit` below 1.
     public func tasks(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskRecord> {
         try Self.check(limit: limit)
-        let after: Int?
-        do {
-            after = try IntegerCursor.parse(cursor)
-        } catch var error as GridError {
-            error.backend = Self.backend
-            throw error
-        }
+        let after = try IntegerCursor.parse(cursor, backend: Self.backend)
         guard let index = indexes[session] else { return Page(items: [], next: nil) }
         let (indices, more) = index[state].elements(after: after, limit: limit)
         let items = indices.compactMap { records[TaskID(session: session, index: $0)] }
