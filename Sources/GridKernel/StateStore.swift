@@ -171,6 +171,22 @@ extension TaskRecord {
     }
 }
 
+/// The cursor of session listings, shared by every backend: the id of the last session of the
+/// previous page.
+public enum SessionCursor {
+    /// Parses a cursor (a session id); `nil` gives `nil`.
+    ///
+    /// - Parameter backend: the backend named in the error, if any.
+    /// - Throws: ``GridError/Code/invalidArgument`` if the cursor is not a session id.
+    public static func parse(_ cursor: String?, backend: String? = nil) throws -> SessionID? {
+        guard let cursor else { return nil }
+        guard let id = try? SessionID(cursor) else {
+            throw GridError.invalidArgument("cursor '\(cursor)' is malformed; pass the 'next' value of the previous page", backend: backend)
+        }
+        return id
+    }
+}
+
 /// Cursor helpers shared by backends whose cursors are integers (task index, offset).
 public enum IntegerCursor {
     /// Parses a cursor made by ``make(_:)``; `nil` gives `nil`.

@@ -49,12 +49,9 @@ public struct DynamoDBStateStore: StateStore {
         try Self.check(limit: limit)
         var condition = "#pk = :pk"
         var values: Item = [":pk": D.s(D.sessionsPartition)]
-        if let cursor {
-            guard (try? SessionID(cursor)) != nil else {
-                throw GridError.invalidArgument("cursor '\(cursor)' is malformed; pass the 'next' value of the previous page", backend: "dynamodb")
-            }
+        if let after = try SessionCursor.parse(cursor, backend: "dynamodb") {
             condition += " AND #sk > :after"
-            values[":after"] = D.s(cursor)
+            values[":after"] = D.s(after.rawValue)
         }
         let items = try await query(index: nil, condition: condition, names: ["#pk": "pk", "#sk": "sk"], values: values, limit: limit + 1)
         let sessions = try items.prefix(limit).map(D.session)

@@ -59,12 +59,7 @@ public struct RedisStateStore: StateStore {
     public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
         try Self.check(limit: limit)
         var start = "-"
-        if let cursor {
-            guard let id = try? SessionID(cursor) else {
-                throw GridError.invalidArgument("cursor '\(cursor)' is malformed; pass the 'next' value of the previous page", backend: Self.backend)
-            }
-            start = "(" + id.rawValue
-        }
+        if let id = try SessionCursor.parse(cursor, backend: Self.backend) { start = "(" + id.rawValue }
         let listed = try await client.send([
             RedisCommand("ZRANGEBYLEX", RedisKeys.sessions(prefix: prefix), start, "+", "LIMIT", "0", String(limit + 1))
         ], idempotent: true)[0].checked().elements.compactMap { $0.string }.compactMap { try? SessionID($0) }

@@ -63,12 +63,7 @@ public struct SQLiteStateStore: StateStore {
     ///   ``GridError/Code/unavailable``.
     public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
         try Self.checkLimit(limit)
-        let after = try cursor.map { text in
-            do { return try SessionID(text).rawValue } catch {
-                throw GridError.invalidArgument(
-                    "cursor '\(text)' is malformed; pass the 'next' value of the previous page", backend: SQLiteDatabase.backendName)
-            }
-        }
+        let after = try SessionCursor.parse(cursor, backend: SQLiteDatabase.backendName)?.rawValue
         let records = try await database.read("sessions") { db in
             try Row.fetchAll(
                 db.cachedStatement(sql: "SELECT \(Self.sessionColumns) FROM session WHERE id > ? ORDER BY id LIMIT ?"),

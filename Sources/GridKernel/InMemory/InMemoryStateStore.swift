@@ -78,14 +78,7 @@ public actor InMemoryStateStore: StateStore {
     /// - Throws: ``GridError/Code/invalidArgument`` for a malformed cursor or a `limit` below 1.
     public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
         try Self.check(limit: limit)
-        let after: SessionID?
-        do {
-            after = try cursor.map { try SessionID($0) }
-        } catch {
-            throw GridError.invalidArgument(
-                "cursor '\(cursor ?? "")' is malformed; pass the 'next' value of the previous page", backend: Self.backend
-            )
-        }
+        let after = try SessionCursor.parse(cursor, backend: Self.backend)
         let (ids, more) = sessionOrder.elements(after: after, limit: limit)
         return Page(items: ids.compactMap { sessionRecords[$0] }, next: more ? ids.last?.rawValue : nil)
     }

@@ -64,12 +64,7 @@ public struct PostgresStateStore: StateStore {
     ///   below 1; ``GridKernel/GridError/Code/unavailable``.
     public func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord> {
         try Self.checkLimit(limit)
-        let after = try cursor.map { text in
-            do { return try SessionID(text).rawValue } catch {
-                throw GridError.invalidArgument(
-                    "cursor '\(text)' is malformed; pass the 'next' value of the previous page", backend: PostgresDatabase.backendName)
-            }
-        }
+        let after = try SessionCursor.parse(cursor, backend: PostgresDatabase.backendName)?.rawValue
         let records = try await database.collect(
             "sessions",
             """
