@@ -48,6 +48,8 @@ let package = Package(
                 .product(name: "GridKernel", package: "htc-grid"),
                 .product(name: "GridKernelConformance", package: "htc-grid"),
                 .product(name: "Logging", package: "swift-log"),
+                // Raw SQL for the schema upgrade test (a grid of the first release, written by hand).
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),
         // Two htc-postgres-agent processes on PostgreSQL, one of them killed mid-run.

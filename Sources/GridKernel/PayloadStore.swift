@@ -77,8 +77,17 @@ extension PayloadStore {
 public enum PayloadKey {
     /// `<task_id>-input`: a task's input.
     public static func input(_ id: TaskID) -> String { "\(id.rawValue)-input" }
-    /// `<task_id>-output`: a task's output.
+    /// `<task_id>-output`: a task's output in HTC-Grid's layout, where outside readers look for it (a
+    /// ``SharedPayloadStore``), and the output of tasks finished before attempts were numbered.
     public static func output(_ id: TaskID) -> String { "\(id.rawValue)-output" }
+    /// `<task_id>-output.<attempt>`: the output one attempt of a task wrote. A finish makes it current
+    /// (the record names its attempt), so a stale attempt writing late never replaces what another
+    /// attempt committed. Attempt 0 (a record from before attempts) gives ``output(_:)``.
+    public static func output(_ id: TaskID, attempt: Int) -> String {
+        attempt > 0 ? "\(id.rawValue)-output.\(attempt)" : output(id)
+    }
+    /// The key of a finished task's current output (``output(_:attempt:)`` of its attempt).
+    public static func output(of record: TaskRecord) -> String { output(record.id, attempt: record.attempt) }
     /// `<session_id>-payload`: an HTC-Grid submission document.
     public static func sessionPayload(_ id: SessionID) -> String { "\(id.rawValue)-payload" }
 }

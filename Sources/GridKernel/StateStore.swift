@@ -4,21 +4,26 @@ import Foundation
 public struct TaskCompletion: Sendable, Hashable {
     /// The task.
     public var id: TaskID
+    /// The run that completed (``TaskRecord/attempt``); only the task's current attempt is finished.
+    public var attempt: Int
     /// The output when it is small enough to keep in the task record; `nil` when it was written to
-    /// the payload store under ``PayloadKey/output(_:)``.
+    /// the payload store under ``PayloadKey/output(_:attempt:)``.
     public var output: [UInt8]?
 
     /// Creates a completion.
-    public init(id: TaskID, output: [UInt8]?) {
+    public init(id: TaskID, attempt: Int, output: [UInt8]?) {
         self.id = id
+        self.attempt = attempt
         self.output = output
     }
 }
 
-/// A failed run, as the agent reports it.
+/// A failed run, as the agent reports it (or a dead letter, for ``StateStore/forceFail(_:at:)``).
 public struct TaskFailure: Sendable, Hashable {
     /// The task.
     public var id: TaskID
+    /// The run that failed (``TaskRecord/attempt``); ``StateStore/forceFail(_:at:)`` ignores it.
+    public var attempt: Int
     /// The error text to keep (the handler's error, the tail of a process' stderr, …).
     public var message: String
     /// Whether another run may succeed. A retryable failure of a task whose retries are below its
@@ -26,20 +31,23 @@ public struct TaskFailure: Sendable, Hashable {
     public var retryable: Bool
 
     /// Creates a failure.
-    public init(id: TaskID, message: String, retryable: Bool = true) {
+    public init(id: TaskID, attempt: Int = 0, message: String, retryable: Bool = true) {
         self.id = id
+        self.attempt = attempt
         self.message = message
         self.retryable = retryable
     }
 }
 
-/// The durable truth about sessions and tasks; every transition is conditional and atomic.
+/// The durable truth about sessions, submissions and tasks; every transition is conditional and atomic.
 ///
-/// Implementing: each transition is one conditional write per task (a `WHERE state = … AND owner = …`
-/// update, a Lua script, a DynamoDB `ConditionExpression`), batched per call where the technology
-/// allows. The retry rule is fixed: a task that fails or whose lease expires goes back to `pending` with
-/// `retries + 1` while `retries < maxRetries`, and is `failed` otherwise; ``TaskRecord/afterFailure(message:retryable:at:)``
-/// computes it. Run ``StateConformance`` against the backend.
+/// Implementing: each transition is one conditional write per task (a `WHERE state = … AND owner = …
+/// AND attempt = …` update, a Lua script, a DynamoDB `ConditionExpression`), batched per call where the
+/// technology allows. What each transition requires and writes is stated once, by the functions of
+/// ``TaskRecord`` in TaskRules.swift (``TaskRecord/claimed(by:token:leaseExpiry:now:)``,
+/// ``TaskRecord/finished(by:attempt:output:at:)``, ``TaskRecord/afterFailure(message:retryable:at:)``, …)
+/// and, for submissions, by those of ``SubmissionRecord``: translate them, and run ``StateConformance``
+/// (module `GridKernelConformance`), which checks the translation against those functions.
 public protocol StateStore: Sendable {
     /// Creates a session.
     ///
@@ -56,11 +64,32 @@ public protocol StateStore: Sendable {
     /// - Throws: ``GridError/Code/invalidArgument`` for a malformed cursor; ``GridError/Code/unavailable``.
     func sessions(after cursor: String?, limit: Int) async throws -> Page<SessionRecord>
 
-    /// Atomically reserves `count` consecutive task indices in a session and returns them.
+    /// Begins a submission: atomically reserves `submission.count` consecutive task indices in its
+    /// session (the session's ``SessionRecord/taskCount`` grows by as many) and stores the submission
+    /// with ``SubmissionRecord/first`` set to the first of them, every other field as given (see
+    /// ``SubmissionRecord/begin(session:key:count:at:)``). When the session already has a submission
+    /// with the same key, nothing is reserved and that submission is returned as it is stored, whatever
+    /// its count and state (the caller compares).
     ///
+    /// - Returns: the stored submission.
     /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/conflict`` if the
-    ///   session was cancelled; ``GridError/Code/unavailable``.
-    func reserveTaskIndices(_ session: SessionID, count: Int) async throws -> Range<Int>
+    ///   session was cancelled (and has no submission with this key); ``GridError/Code/invalidArgument``
+    ///   for a negative count; ``GridError/Code/unavailable``.
+    func beginSubmission(_ submission: SubmissionRecord) async throws -> SubmissionRecord
+
+    /// Replaces the stored submission with the same session and key by `submission` (its `sent`,
+    /// `state`, `version` and `updatedAt`), if the stored one's ``SubmissionRecord/version`` is
+    /// `expectedVersion`.
+    ///
+    /// - Returns: whether it was replaced; `false` when the version differs or the submission is gone.
+    /// - Throws: ``GridError/Code/unavailable``.
+    func updateSubmission(_ submission: SubmissionRecord, expectedVersion: Int) async throws -> Bool
+
+    /// Finds up to `limit` submissions that are open or being repaired and whose `updatedAt` is before
+    /// `date`, oldest first, without reading every submission (complete ones cost nothing here).
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    func stalledSubmissions(before date: Date, limit: Int) async throws -> [SubmissionRecord]
 
     /// Creates task records. Idempotent: a task that already exists is left as it is, so a submission
     /// that failed half-way can be repeated.
@@ -68,50 +97,60 @@ public protocol StateStore: Sendable {
     /// - Throws: ``GridError/Code/unavailable``.
     func createTasks(_ tasks: [TaskRecord]) async throws
 
-    /// Claims tasks for `owner`: each task that is `pending` and unowned becomes `processing`, owned by
-    /// `owner`, with `startedAt = now` and the given lease expiry. Exactly one of several concurrent
-    /// claimers of a task wins.
+    /// Claims tasks for `owner`, by ``TaskRecord/claimed(by:token:leaseExpiry:now:)``: each task that is
+    /// `pending` and unowned starts a new attempt. Exactly one of several concurrent claimers of a task
+    /// wins; the same call sent again (same owner and token) wins what it had won, unchanged.
     ///
     /// - Returns: the records of the tasks this call won, as they are after the claim.
     /// - Throws: ``GridError/Code/unavailable``.
-    func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord]
+    func claim(_ ids: [TaskID], owner: AgentID, token: ClaimToken, leaseExpiry: Date, now: Date) async throws -> [TaskRecord]
 
-    /// Moves the lease expiry of tasks that are `processing` and owned by `owner`.
+    /// Moves the lease expiry of the attempts that are current and owned by `owner`
+    /// (``TaskRecord/heartbeated(by:attempt:leaseExpiry:)``).
     ///
-    /// - Returns: the tasks still owned; the others were cancelled or their lease was reaped.
+    /// - Returns: the tasks still held; the others were cancelled, reaped, or belong to a newer attempt.
     /// - Throws: ``GridError/Code/unavailable``.
-    func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID>
+    func heartbeat(_ attempts: [TaskAttempt], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID>
 
-    /// Marks tasks `finished` if they are `processing` and owned by `owner`, storing inline outputs.
+    /// Marks tasks `finished` if the completed attempt is current and owned by `owner`, storing inline
+    /// outputs (``TaskRecord/finished(by:attempt:output:at:)``).
     ///
-    /// - Returns: the tasks that were finished; the others were no longer owned and their output must
+    /// - Returns: the tasks that were finished; the others were no longer held and their output must
     ///   be discarded.
     /// - Throws: ``GridError/Code/unavailable``.
     func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID>
 
-    /// Records failed runs of tasks that are `processing` and owned by `owner`, applying the retry rule.
+    /// Records failed runs of attempts that are current and owned by `owner`, by the retry rule
+    /// (``TaskRecord/failed(by:attempt:message:retryable:at:)``).
     ///
-    /// - Returns: the new state (`pending` or `failed`) of each task that was still owned.
+    /// - Returns: the new state (`pending` or `failed`) of each task that was still held.
     /// - Throws: ``GridError/Code/unavailable``.
     func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState]
 
-    /// Reaps tasks whose lease expired: each task that is `processing` with a lease expiry before `now`
-    /// goes back to `pending` (owner cleared, `retries + 1`, last error "lease expired") or, once its
-    /// retries reached the maximum, to `failed`.
+    /// Gives tasks back unrun: each attempt that is current and owned by `owner` goes back to `pending`
+    /// with no retry charged (``TaskRecord/released(by:attempt:)``).
+    ///
+    /// - Returns: the tasks released.
+    /// - Throws: ``GridError/Code/unavailable``.
+    func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID>
+
+    /// Reaps tasks whose lease expired before `now` (``TaskRecord/expired(now:)``): back to `pending` with
+    /// `retries + 1` and the error "lease expired", or `failed` once retries reached the maximum.
     ///
     /// - Returns: the new state of each task that was reaped; a task whose lease was renewed meanwhile
     ///   is left out.
     /// - Throws: ``GridError/Code/unavailable``.
     func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState]
 
-    /// Marks tasks `failed` whatever their owner, unless they are terminal (used when the queue
-    /// dead-letters a message).
+    /// Marks tasks `failed` whatever their owner, unless they are terminal
+    /// (``TaskRecord/forceFailed(message:at:)``): a dead-lettered message, a task an interrupted
+    /// submission left without its input.
     ///
     /// - Returns: the tasks that were failed.
     /// - Throws: ``GridError/Code/unavailable``.
     func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID>
 
-    /// Cancels tasks that are not terminal (owner cleared).
+    /// Cancels tasks that are not terminal (``TaskRecord/cancelled(at:)``).
     ///
     /// - Returns: how many were pending and how many processing.
     /// - Throws: ``GridError/Code/unavailable``.
@@ -122,9 +161,10 @@ public protocol StateStore: Sendable {
     /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/unavailable``.
     func cancelSession(_ id: SessionID, at: Date) async throws -> CancelCounts
 
-    /// Removes a session's record and all of its task records, whatever their states, and returns how
-    /// many task records were removed. Callers cancel the session first; transitions on a deleted task
-    /// later fail as if the lease were lost (heartbeat, finish and fail leave it out of their results).
+    /// Removes a session's record, all of its task records whatever their states, and its submissions,
+    /// and returns how many task records were removed. Callers cancel the session first; transitions
+    /// on a deleted task later fail as if the lease were lost (heartbeat, finish and fail leave it out
+    /// of their results).
     ///
     /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/unavailable``.
     func deleteSession(_ id: SessionID) async throws -> Int
@@ -133,6 +173,12 @@ public protocol StateStore: Sendable {
     ///
     /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``.
     func task(_ id: TaskID) async throws -> TaskRecord
+
+    /// Reads the tasks that exist among `ids` (in any order; unknown ones are left out), in as few
+    /// round trips as the technology allows.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    func tasks(_ ids: [TaskID]) async throws -> [TaskRecord]
 
     /// Counts a session's tasks by state.
     ///
@@ -149,26 +195,6 @@ public protocol StateStore: Sendable {
     ///
     /// - Throws: ``GridError/Code/unavailable``.
     func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord]
-}
-
-extension TaskRecord {
-    /// The record after a failed run or an expired lease, by the grid's one retry rule: back to
-    /// `pending` with `retries + 1` while `retries < maxRetries` and the failure is retryable,
-    /// otherwise `failed`.
-    public func afterFailure(message: String, retryable: Bool, at date: Date) -> TaskRecord {
-        var next = self
-        next.owner = nil
-        next.leaseExpiry = nil
-        next.lastError = message
-        if retryable && retries < maxRetries {
-            next.state = .pending
-            next.retries += 1
-        } else {
-            next.state = .failed
-            next.completedAt = date
-        }
-        return next
-    }
 }
 
 /// The cursor of session listings, shared by every backend: the id of the last session of the

@@ -52,8 +52,15 @@ public struct TaskRecord: Sendable, Hashable, Codable {
     /// The error text of the last failure, if any.
     public var lastError: String?
     /// The output of a `finished` task when it was small enough to keep in the record; `nil` when it
-    /// is in the payload store under ``PayloadKey/output(_:)`` (or the task is not finished).
+    /// is in the payload store under ``PayloadKey/output(_:attempt:)`` (or the task is not finished).
     public var output: [UInt8]?
+    /// How many times the task was claimed: the number of the current (or last) run, 0 before the first
+    /// claim. Heartbeats, finishes, failures and releases name the attempt they belong to, and only the
+    /// current one is accepted (fencing), so a stale run can never change the task.
+    public var attempt: Int
+    /// The token of the claim call that started the current attempt: the same call sent again after a
+    /// lost reply wins the same attempt instead of losing the task (see ``TaskRecord/claimed(by:token:leaseExpiry:now:)``).
+    public var claimToken: ClaimToken?
 
     /// Creates a pending task record.
     public init(
@@ -69,7 +76,9 @@ public struct TaskRecord: Sendable, Hashable, Codable {
         startedAt: Date? = nil,
         completedAt: Date? = nil,
         lastError: String? = nil,
-        output: [UInt8]? = nil
+        output: [UInt8]? = nil,
+        attempt: Int = 0,
+        claimToken: ClaimToken? = nil
     ) {
         self.id = id
         self.state = state
@@ -84,6 +93,8 @@ public struct TaskRecord: Sendable, Hashable, Codable {
         self.completedAt = completedAt
         self.lastError = lastError
         self.output = output
+        self.attempt = attempt
+        self.claimToken = claimToken
     }
 }
 

@@ -20,9 +20,13 @@ public struct StateConformance: Sendable {
         /// Sessions are created, read back field by field and listed in id order across pages; a
         /// duplicate is a conflict, an unknown session not found.
         case sessionRoundTrip
-        /// Concurrent reservations get consecutive, disjoint ranges; a cancelled session refuses more
-        /// (conflict), an unknown one is not found.
-        case reserveTaskIndicesIsAtomic
+        /// Concurrent submissions get consecutive, disjoint ranges of indices; the same key begun
+        /// eight times at once reserves once and returns the same record; a cancelled session refuses
+        /// new submissions (conflict) but returns an existing one, an unknown one is not found.
+        case beginSubmissionReservesAtomically
+        /// Submission updates apply only on the stored version; `stalledSubmissions` lists the open and
+        /// repairing ones not updated since a date, oldest first, and none of a deleted session.
+        case submissionUpdatesAreConditional
         /// Creating tasks again leaves existing records as they are and adds the missing ones.
         case createTasksIsIdempotent
         /// Only pending, unowned tasks are claimed; unknown tasks are ignored.
@@ -32,6 +36,22 @@ public struct StateConformance: Sendable {
         case exactlyOneWinnerAmongSixteenClaimers
         /// Only the owner of a processing task moves its lease expiry.
         case heartbeatRequiresOwner
+        /// A claim starts a numbered attempt; heartbeat, finish, fail and release of an older attempt —
+        /// even of the same agent — or of another agent change nothing.
+        case attemptFencing
+        /// The same claim call sent again (same owner and token) wins the same attempts, unchanged;
+        /// another call or another owner wins nothing.
+        case repeatedClaimWinsTheSameAttempt
+        /// `release` puts the current attempt back to pending without a retry; stale releases do nothing.
+        case releaseGivesTasksBackUncharged
+        /// A task whose later attempt finished has no `lastError` from the earlier one.
+        case finishClearsLastError
+        /// `tasks(_:)` reads the existing tasks among many ids in one call.
+        case tasksReadInABatch
+        /// 200 random transitions (claims with repeated tokens, heartbeats, finishes, failures and
+        /// releases of current and stale attempts, expiries, force-fails, cancels): every answer and
+        /// every record, field by field, is what the kernel's rules in TaskRules.swift give.
+        case transitionsFollowTheKernelRules
         /// Only the owner finishes a task; the inline output is kept (empty and `nil` apart) only when
         /// the finish succeeds; `completedAt` is set and the owner cleared.
         case finishRequiresOwner
@@ -88,11 +108,18 @@ public struct StateConformance: Sendable {
                 let cases = Cases(store: try await make(harness.context), base: harness.timeline.wholeSecondNow)
                 switch c {
                 case .sessionRoundTrip: try await cases.sessionRoundTrip()
-                case .reserveTaskIndicesIsAtomic: try await cases.reserveTaskIndicesIsAtomic()
+                case .beginSubmissionReservesAtomically: try await cases.beginSubmissionReservesAtomically()
+                case .submissionUpdatesAreConditional: try await cases.submissionUpdatesAreConditional()
                 case .createTasksIsIdempotent: try await cases.createTasksIsIdempotent()
                 case .claimWinsOnlyForPendingUnowned: try await cases.claimWinsOnlyForPendingUnowned()
                 case .exactlyOneWinnerAmongSixteenClaimers: try await cases.exactlyOneWinnerAmongSixteenClaimers()
                 case .heartbeatRequiresOwner: try await cases.heartbeatRequiresOwner()
+                case .attemptFencing: try await cases.attemptFencing()
+                case .repeatedClaimWinsTheSameAttempt: try await cases.repeatedClaimWinsTheSameAttempt()
+                case .releaseGivesTasksBackUncharged: try await cases.releaseGivesTasksBackUncharged()
+                case .finishClearsLastError: try await cases.finishClearsLastError()
+                case .tasksReadInABatch: try await cases.tasksReadInABatch()
+                case .transitionsFollowTheKernelRules: try await cases.transitionsFollowTheKernelRules()
                 case .finishRequiresOwner: try await cases.finishRequiresOwner()
                 case .failRetriesThenFails: try await cases.failRetriesThenFails()
                 case .expiredLeasesFoundAndReaped: try await cases.expiredLeasesFoundAndReaped()

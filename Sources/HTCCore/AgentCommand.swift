@@ -49,6 +49,9 @@ public struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Seconds between reaper passes; 0 turns this agent's reaper off (env HTC_REAPER_INTERVAL, default 5).")
     var reaperInterval: Double?
 
+    @Option(help: "Seconds a submission may go without progress before the reaper repairs it as interrupted (env HTC_SUBMISSION_GRACE, default 120).")
+    var submissionGrace: Double?
+
     @Option(help: "Seconds before a failed task is retried (env HTC_RETRY_DELAY, default 1).")
     var retryDelay: Double?
 
@@ -91,8 +94,8 @@ public struct AgentCommand: AsyncParsableCommand {
         if statusPath != nil || pod != nil {
             services.append(.init(service: AgentStatusService(agent: agent, path: statusPath, pod: pod, logger: logger)))
         }
-        if let interval = settings.reaperInterval {
-            let reaper = Reaper(backends: backends, configuration: ReaperConfiguration(interval: interval), logger: logger)
+        if let reaperConfiguration = settings.reaper {
+            let reaper = Reaper(backends: backends, configuration: reaperConfiguration, logger: logger)
             services.append(.init(service: ReaperService(reaper: reaper)))
         }
         if let metrics { services.append(.init(service: metrics)) }
@@ -126,7 +129,7 @@ public struct AgentCommand: AsyncParsableCommand {
         return EchoHandler()
     }
 
-    func agentConfiguration(_ environment: Environment) throws -> (agent: AgentConfiguration, reaperInterval: Duration?) {
+    func agentConfiguration(_ environment: Environment) throws -> (agent: AgentConfiguration, reaper: ReaperConfiguration?) {
         var configuration = AgentConfiguration()
         if let name = id ?? environment.string("HTC_AGENT_ID") ?? environment.string("MY_POD_NAME") {
             configuration.id = AgentID(name)
@@ -147,8 +150,7 @@ public struct AgentCommand: AsyncParsableCommand {
             configuration.retryDelay = Duration(timeInterval: value)
         }
         try configuration.validate()
-        let reaperSeconds = try reaperInterval ?? environment.seconds("HTC_REAPER_INTERVAL") ?? 5
-        return (configuration, reaperSeconds > 0 ? Duration(timeInterval: reaperSeconds) : nil)
+        return (configuration, try ReaperConfiguration.settings(interval: reaperInterval, submissionGrace: submissionGrace, environment))
     }
 }
 

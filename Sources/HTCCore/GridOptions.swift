@@ -112,3 +112,21 @@ public enum LoggingSetup {
         }
     }
 }
+
+extension ReaperConfiguration {
+    /// The reaper of `htc-agent` and `htc-server`: `--reaper-interval` (`HTC_REAPER_INTERVAL`, default
+    /// 5 s; 0 for no reaper, `nil`) and `--submission-grace` (`HTC_SUBMISSION_GRACE`, default 120 s).
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a value that is not a number of
+    ///   seconds, or a grace that is not positive.
+    public static func settings(interval: Double?, submissionGrace: Double?, _ environment: Environment) throws -> ReaperConfiguration? {
+        let seconds = try interval ?? environment.seconds("HTC_REAPER_INTERVAL") ?? 5
+        guard seconds > 0 else { return nil }
+        var configuration = ReaperConfiguration(interval: Duration(timeInterval: seconds))
+        if let grace = try submissionGrace ?? environment.seconds("HTC_SUBMISSION_GRACE") {
+            guard grace > 0 else { throw GridError.invalidArgument("--submission-grace (HTC_SUBMISSION_GRACE) must be positive, got \(grace)") }
+            configuration.submissionGrace = Duration(timeInterval: grace)
+        }
+        return configuration
+    }
+}

@@ -8,11 +8,14 @@ public protocol GridService: Sendable {
     /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for bad options; ``GridKernel/GridError/Code/unavailable``.
     func createSession(_ options: SessionOptions, id: SessionID?) async throws -> SessionRecord
 
-    /// Submits tasks; returns their ids in the order of `inputs`.
+    /// Submits tasks; returns their ids in the order of `inputs`. With the same `key` and inputs, a
+    /// submission sent again (after a crash, a dropped connection) creates no task twice; steps that
+    /// fail for want of a backend or a server are retried for a bounded time.
     ///
     /// - Throws: ``GridKernel/GridError/Code/notFound``; ``GridKernel/GridError/Code/conflict`` for a
-    ///   cancelled session; ``GridKernel/GridError/Code/payloadTooLarge``; ``GridKernel/GridError/Code/unavailable``.
-    func submit(_ session: SessionID, inputs: [[UInt8]]) async throws -> [TaskID]
+    ///   cancelled session, or a key used by another submission; ``GridKernel/GridError/Code/payloadTooLarge``;
+    ///   ``GridKernel/GridError/Code/unavailable``.
+    func submit(_ session: SessionID, inputs: [[UInt8]], key: SubmissionKey?) async throws -> [TaskID]
 
     /// Reads a session.
     ///

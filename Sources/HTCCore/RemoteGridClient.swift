@@ -13,6 +13,8 @@ public struct RemoteGridClient: GridService {
     private let urlSession: URLSession
     /// Tasks per submission request; the server accepts up to 10,000.
     public var submitBatchSize = 10_000
+    /// How long a submission request that failed for want of a server is sent again. Default 60 s.
+    public var retryTimeout: Duration = .seconds(60)
 
     /// Creates a client; `apiKey` goes in `x-api-key`.
     public init(baseURL: URL, apiKey: String?, urlSession: URLSession = .shared) {
@@ -36,14 +38,19 @@ public struct RemoteGridClient: GridService {
         return try await send("POST", "/v1/sessions", body: try JSONEncoder().encode(body), as: SessionBody.self).record()
     }
 
-    /// Submits tasks in requests of ``submitBatchSize``. Each request is accepted or refused whole; when a
-    /// later request fails, the earlier ones stay submitted.
+    /// Submits tasks in requests of ``submitBatchSize``, each with its own idempotency key (the
+    /// submission's key and the request's number), so a request that failed for want of a server — a
+    /// dropped connection, a restart, a 5xx — is sent again for up to ``retryTimeout`` and creates no
+    /// task twice. Each request is accepted or refused whole; when a later request fails for good, the
+    /// earlier ones stay submitted, and the same call with the same `key` resumes after them.
     ///
     /// - Throws: what the server answers.
-    public func submit(_ session: SessionID, inputs: [[UInt8]]) async throws -> [TaskID] {
+    public func submit(_ session: SessionID, inputs: [[UInt8]], key: SubmissionKey?) async throws -> [TaskID] {
+        let key = key ?? .random()
         var ids: [TaskID] = []
         ids.reserveCapacity(inputs.count)
         var start = 0
+        var request = 0
         while start < inputs.count {
             let end = min(start + max(1, submitBatchSize), inputs.count)
             // Base64 needs no JSON escaping, so the body is assembled directly.
@@ -53,11 +60,32 @@ public struct RemoteGridClient: GridService {
                 body += #"{"payload_base64":""# + Data(inputs[index]).base64EncodedString() + #""}"#
             }
             body += "]}"
-            let answer = try await send("POST", "/v1/sessions/\(session.rawValue)/tasks", body: Data(body.utf8), as: SubmitBody.self)
+            let requestKey = try SubmissionKey(String(key.rawValue.prefix(118)) + ".r\(request)")
+            let answer = try await retrying {
+                try await send(
+                    "POST", "/v1/sessions/\(session.rawValue)/tasks", body: Data(body.utf8), headers: ["Idempotency-Key": requestKey.rawValue],
+                    as: SubmitBody.self)
+            }
             ids += try answer.task_ids.map { try TaskID($0) }
             start = end
+            request += 1
         }
         return ids
+    }
+
+    /// Sends a request again while it fails with ``GridKernel/GridError/Code/unavailable`` (no
+    /// connection, a 5xx), with exponential backoff from 100 ms to 5 s, for up to ``retryTimeout``.
+    private func retrying<T>(_ body: () async throws -> T) async throws -> T {
+        let deadline = ContinuousClock.now + retryTimeout
+        var backoff = Duration.milliseconds(100)
+        while true {
+            do {
+                return try await body()
+            } catch let error as GridError where error.code == .unavailable && ContinuousClock.now + backoff < deadline {
+                try await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(5))
+            }
+        }
     }
 
     /// Reads a session.
@@ -143,7 +171,9 @@ public struct RemoteGridClient: GridService {
 
     // MARK: - HTTP
 
-    private func send<Answer: Decodable>(_ method: String, _ path: String, body: Data? = nil, as type: Answer.Type) async throws -> Answer {
+    private func send<Answer: Decodable>(
+        _ method: String, _ path: String, body: Data? = nil, headers: [String: String] = [:], as type: Answer.Type
+    ) async throws -> Answer {
         guard let url = URL(string: path, relativeTo: baseURL) else {
             throw GridError.invalidArgument("cannot make a URL of \(baseURL) and \(path)")
         }
@@ -153,6 +183,7 @@ public struct RemoteGridClient: GridService {
         request.timeoutInterval = 300
         if body != nil { request.setValue("application/json", forHTTPHeaderField: "content-type") }
         if let apiKey { request.setValue(apiKey, forHTTPHeaderField: "x-api-key") }
+        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
         let data: Data
         let response: URLResponse
         do {

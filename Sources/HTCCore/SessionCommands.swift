@@ -53,6 +53,12 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "Priority of a new session; higher runs first.") var priority = 0
     @Option(help: "Retries before a task fails for good.") var maxRetries = SessionOptions.defaultMaxRetries
     @Option(help: "Per-task time limit in seconds.") var timeout: Double?
+    @Option(
+        name: .customLong("idempotency-key"),
+        help: ArgumentHelp(
+            "Make the submission repeatable: run the same command again with the same key (and --session) after a crash, and no task is created twice.",
+            valueName: "key"))
+    var idempotencyKey: String?
 
     func run() async throws {
         let data: Data
@@ -73,7 +79,16 @@ struct SubmitCommand: AsyncParsableCommand {
             let options = SessionOptions(priority: priority, maxRetries: maxRetries, taskTimeout: timeout.map { Duration(timeInterval: $0) })
             sessionID = try await client.createSession(options, id: nil).id
         }
-        let ids = try await client.submit(sessionID, inputs: inputs)
+        let key: SubmissionKey?
+        do {
+            key = try idempotencyKey.map(SubmissionKey.init)
+        } catch let error as GridError {
+            throw ValidationError(error.message)
+        }
+        if key != nil && session == nil {
+            throw ValidationError("--idempotency-key needs --session: a submission is repeatable within one session")
+        }
+        let ids = try await client.submit(sessionID, inputs: inputs, key: key)
         if options.json {
             try printJSON(["session_id": sessionID.rawValue, "task_ids": ids.count.description])
         } else {

@@ -186,7 +186,7 @@ struct Workload: Sendable {
         while submitted < tasks {
             let end = min(submitted + batchSize, tasks)
             let inputs = (submitted..<end).map { Self.input(index: $0, bytes: payloadBytes) }
-            _ = try await client.submit(session.id, inputs: inputs)
+            _ = try await client.submit(session.id, inputs: inputs, key: nil)
             submitted = end
             progress?.submitted(submitted, of: tasks)
         }

@@ -78,16 +78,24 @@ extension GridAPI {
         if let seconds = submission.schedulerData?.taskTimeoutSec, seconds > 0 { options.taskTimeout = Duration(timeInterval: seconds) }
         do {
             _ = try await client.createSession(options, id: session)
+            metrics.sessionsCreated.increment()
         } catch let error as GridError where error.code == .conflict {
-            throw GridError(.conflict, "session \(session) was submitted before; HTC-Grid clients submit each session id once")
+            // The same submission sent again (the client timed out, the server restarted): resume or
+            // answer it under its one idempotency key; anything else under this id is refused.
+            let existing = try await client.session(session)
+            guard existing.options.labels[Self.protocolLabel] == "htcgrid", existing.options.labels[Self.tenantLabel] == context.tenant else {
+                throw GridError(.conflict, "session \(session) was submitted before; HTC-Grid clients submit each session id once")
+            }
         }
-        metrics.sessionsCreated.increment()
         let start = ContinuousClock.now
-        let ids = try await client.submitStored(session, count: count)
+        let ids = try await client.submitStored(session, count: count, key: Self.htcgridSubmissionKey)
         metrics.submitDuration.record(ContinuousClock.now - start)
         metrics.tasksSubmitted.increment(by: Int64(ids.count))
         return try Self.json(SubmitTasksResponse(sessionID: session, taskIDs: ids))
     }
+
+    /// The idempotency key of an HTC-Grid submission: one per session id, which HTC-Grid clients submit once.
+    static let htcgridSubmissionKey = try! SubmissionKey("htcgrid-submit")
 
     /// `GET /result?submission_content=urlsafe_b64({"session_id": …})`: the ids of the session's finished,
     /// cancelled and failed tasks with a placeholder per output, and how many there are.

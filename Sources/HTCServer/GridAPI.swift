@@ -197,11 +197,25 @@ public struct GridAPI: Sendable {
         if record.cancelled {
             throw GridError(.conflict, "session \(record.id) is cancelled; create a new session for more tasks")
         }
+        let key = try Self.idempotencyKey(request)
         let start = ContinuousClock.now
-        let ids = try await client.submit(record.id, inputs: inputs)
+        let ids = try await client.submit(record.id, inputs: inputs, key: key)
         metrics.submitDuration.record(ContinuousClock.now - start)
         metrics.tasksSubmitted.increment(by: Int64(ids.count))
         return try Self.json(SubmitTasksResponse(sessionID: record.id, taskIDs: ids), status: .created)
+    }
+
+    /// The `Idempotency-Key` header: a request sent again with the same key and body creates no task
+    /// twice and answers the same task ids.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a malformed key.
+    static func idempotencyKey(_ request: Request) throws -> SubmissionKey? {
+        guard let name = HTTPField.Name("Idempotency-Key"), let text = request.headers[name] else { return nil }
+        do {
+            return try SubmissionKey(text)
+        } catch let error as GridError {
+            throw GridError.invalidArgument("Idempotency-Key header: \(error.message)")
+        }
     }
 
     /// Decodes and checks a whole batch before anything is written, so a bad batch leaves nothing behind.

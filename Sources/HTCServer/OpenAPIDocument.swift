@@ -147,7 +147,19 @@ paths:
   /v1/sessions/{session_id}/tasks:
     post:
       summary: Submit a batch of tasks; the batch is validated whole before anything is written.
-      parameters: [{ $ref: "#/components/parameters/SessionID" }]
+      description: >-
+        With an Idempotency-Key, the request may be sent again (after a timeout, a dropped connection, a
+        restarted server) with the same key and body: it creates no task twice, resumes a submission that
+        was interrupted, and answers the same task ids. The same key with another number of tasks is a 409;
+        so is the key of a submission that stayed interrupted for longer than the server's submission grace
+        period and was repaired (its unsent tasks were failed or enqueued again; the message says which).
+      parameters:
+        - { $ref: "#/components/parameters/SessionID" }
+        - name: Idempotency-Key
+          in: header
+          required: false
+          description: "1 to 128 letters, digits, '-', '_', '.' or ':', unique per submission within the session"
+          schema: { type: string, minLength: 1, maxLength: 128, pattern: "^[A-Za-z0-9._:-]+$" }
       requestBody:
         required: true
         content:

@@ -49,6 +49,9 @@ public struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Seconds between reaper passes; 0 turns the server's reaper off (env HTC_REAPER_INTERVAL, default 5).")
     var reaperInterval: Double?
 
+    @Option(help: "Seconds a submission may go without progress before the reaper repairs it as interrupted (env HTC_SUBMISSION_GRACE, default 120).")
+    var submissionGrace: Double?
+
     @Flag(help: "Also serve HTC-Grid's REST API (POST /submit, GET /result, POST /cancel) for its Python connector; the payload URL needs ?layout=htcgrid (env HTC_HTCGRID_COMPAT=1).")
     var htcgridCompat = false
 
@@ -105,8 +108,8 @@ public struct ServerCommand: AsyncParsableCommand {
             logger: logger
         )
         app.addServices(AutoscalerService(scaling: scaling))
-        if let interval = settings.reaperInterval {
-            app.addServices(ReaperService(reaper: Reaper(backends: backends, configuration: ReaperConfiguration(interval: interval), logger: logger)))
+        if let reaper = settings.reaper {
+            app.addServices(ReaperService(reaper: Reaper(backends: backends, configuration: reaper, logger: logger)))
         }
         logger.info(
             "htc-server starting",
@@ -121,7 +124,7 @@ public struct ServerCommand: AsyncParsableCommand {
         var auth: AuthMode
         var authName: String
         var configuration: ServerConfiguration
-        var reaperInterval: Duration?
+        var reaper: ReaperConfiguration?
         var htcgrid: HTCGridCompatibility?
         var scaling: ScalingSettings
     }
@@ -220,7 +223,7 @@ public struct ServerCommand: AsyncParsableCommand {
             guard value > 0 else { throw GridError.invalidArgument("--max-body-bytes must be positive") }
             configuration.maxBodyBytes = value
         }
-        let reaperSeconds = try reaperInterval ?? environment.seconds("HTC_REAPER_INTERVAL") ?? 5
+        let reaper = try ReaperConfiguration.settings(interval: reaperInterval, submissionGrace: submissionGrace, environment)
         var htcgrid: HTCGridCompatibility?
         if try htcgridCompat || environment.bool("HTC_HTCGRID_COMPAT") {
             htcgrid = try HTCGridCompatibility(basePath: htcgridBasePath ?? environment.string("HTC_HTCGRID_BASE_PATH") ?? "/v1")
@@ -232,7 +235,7 @@ public struct ServerCommand: AsyncParsableCommand {
             auth: mode,
             authName: authName,
             configuration: configuration,
-            reaperInterval: reaperSeconds > 0 ? Duration(timeInterval: reaperSeconds) : nil,
+            reaper: reaper,
             htcgrid: htcgrid,
             scaling: try scalingSettings(environment)
         )

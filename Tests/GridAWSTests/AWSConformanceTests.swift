@@ -36,6 +36,16 @@ func s3Payloads(_ c: PayloadConformance.Case) async throws {
     try await PayloadConformance { ctx in try await awsTests.payloads(ctx.namespace) }.run(c)
 }
 
+/// The engine over SQS, DynamoDB and S3 together: submissions repeated, interrupted and repaired.
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)), arguments: GridConformance.Case.allCases)
+func awsGrid(_ c: GridConformance.Case) async throws {
+    try await GridConformance(time: .real(unit: .seconds(1))) { ctx in
+        GridBackends(
+            queue: try await awsTests.queue(ctx.namespace, clock: ctx.clock), state: try await awsTests.state(ctx.namespace),
+            payloads: try await awsTests.payloads(ctx.namespace))
+    }.run(c)
+}
+
 @Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)), arguments: [QueueConformance.Case.roundTrip, .acknowledgeRemoves])
 func sqsQueueWithSignatureChecks(_ c: QueueConformance.Case) async throws {
     try await QueueConformance(time: .real(unit: .seconds(1))) { ctx in try await awsTests.queue(ctx.namespace, clock: ctx.clock, authenticated: true) }
@@ -44,7 +54,10 @@ func sqsQueueWithSignatureChecks(_ c: QueueConformance.Case) async throws {
 
 @Test(
     .enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)),
-    arguments: [StateConformance.Case.sessionRoundTrip, .claimWinsOnlyForPendingUnowned, .failRetriesThenFails, .expiredLeasesFoundAndReaped])
+    arguments: [
+        StateConformance.Case.sessionRoundTrip, .beginSubmissionReservesAtomically, .claimWinsOnlyForPendingUnowned, .failRetriesThenFails,
+        .expiredLeasesFoundAndReaped,
+    ])
 func dynamoDBStateWithSignatureChecks(_ c: StateConformance.Case) async throws {
     try await StateConformance { ctx in try await awsTests.state(ctx.namespace, authenticated: true) }.run(c)
 }
@@ -76,7 +89,8 @@ func dynamoDBPagingAcrossShards() async throws {
     let now = Date(timeIntervalSince1970: 1_700_000_000)
     try await store.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
     let total = 3_000
-    #expect(try await store.reserveTaskIndices(session, count: total) == 0..<total)
+    let key = try SubmissionKey("all")
+    #expect(try await store.beginSubmission(.begin(session: session, key: key, count: total, at: now)).range == 0..<total)
     let ids = (0..<total).map { TaskID(session: session, index: $0) }
     try await store.createTasks(ids.map { TaskRecord(id: $0, submittedAt: now) })
     func expected(_ index: Int) -> TaskState {
@@ -90,9 +104,15 @@ func dynamoDBPagingAcrossShards() async throws {
     }
     let agent = AgentID("a")
     let running = ids.filter { [.finished, .failed, .processing].contains(expected($0.index)) }
-    #expect(try await store.claim(running, owner: agent, leaseExpiry: now + 60, now: now).count == running.count)
-    #expect(try await store.finish(ids.filter { expected($0.index) == .finished }.map { TaskCompletion(id: $0, output: nil) }, owner: agent, at: now).count == total / 5)
-    #expect(try await store.fail(ids.filter { expected($0.index) == .failed }.map { TaskFailure(id: $0, message: "x", retryable: false) }, owner: agent, at: now).count == total / 5)
+    #expect(try await store.claim(running, owner: agent, token: .random(), leaseExpiry: now + 60, now: now).count == running.count)
+    #expect(
+        try await store.finish(
+            ids.filter { expected($0.index) == .finished }.map { TaskCompletion(id: $0, attempt: 1, output: nil) }, owner: agent, at: now
+        ).count == total / 5)
+    #expect(
+        try await store.fail(
+            ids.filter { expected($0.index) == .failed }.map { TaskFailure(id: $0, attempt: 1, message: "x", retryable: false) }, owner: agent, at: now
+        ).count == total / 5)
     #expect(try await store.cancel(ids.filter { expected($0.index) == .cancelled }, at: now).pending == total / 5)
     let counts = try await store.counts(session)
     #expect(TaskState.allCases.allSatisfy { counts[$0] == total / 5 }, "\(counts)")
@@ -131,14 +151,14 @@ func dynamoDBWriteUnitsFollowTheBillingRules() async throws {
     let ids = (0..<10).map { TaskID(session: session, index: $0) }
     try await store.createTasks(ids.map { TaskRecord(id: $0, state: .pending, submittedAt: now) })
     #expect(units() == 10, "creation")
-    let claimed = try await store.claim(ids, owner: AgentID("a"), leaseExpiry: now.addingTimeInterval(30), now: now)
+    let claimed = try await store.claim(ids, owner: AgentID("a"), token: .random(), leaseExpiry: now.addingTimeInterval(30), now: now)
     #expect(claimed.count == 10)
     #expect(units() == 21, "ten claims and their bucket")
-    #expect(try await store.claim([ids[0]], owner: AgentID("b"), leaseExpiry: now.addingTimeInterval(30), now: now).isEmpty)
+    #expect(try await store.claim([ids[0]], owner: AgentID("b"), token: .random(), leaseExpiry: now.addingTimeInterval(30), now: now).isEmpty)
     #expect(units() == 23, "a lost claim and its bucket")
-    #expect(try await store.heartbeat([ids[0]], owner: AgentID("a"), leaseExpiry: now.addingTimeInterval(60)) == [ids[0]])
+    #expect(try await store.heartbeat([TaskAttempt(id: ids[0], attempt: 1)], owner: AgentID("a"), leaseExpiry: now.addingTimeInterval(60)) == [ids[0]])
     #expect(units() == 25, "a heartbeat and its bucket")
-    let finished = try await store.finish(ids.map { TaskCompletion(id: $0, output: [1, 2, 3]) }, owner: AgentID("a"), at: now)
+    let finished = try await store.finish(ids.map { TaskCompletion(id: $0, attempt: 1, output: [1, 2, 3]) }, owner: AgentID("a"), at: now)
     #expect(finished.count == 10)
     #expect(units() == 35, "ten finishes")
     #expect(meter.dynamoDBWriteUnits.indexes == 0)
@@ -148,6 +168,102 @@ func dynamoDBWriteUnitsFollowTheBillingRules() async throws {
     #expect(units() == 38, "three buckets deleted")
     #expect(try await store.expiredLeases(now: now.addingTimeInterval(120), limit: 100).isEmpty)
     #expect(units() == 38, "nothing left to delete")
+}
+
+/// What submissions cost: beginning one is one transaction of three items (the session's count, the
+/// submission, its open marker), two units each; beginning it again reads only; each progress update
+/// is one unit, and the one that completes it one more for deleting the marker. A submission of no
+/// task has no marker. Nothing is written per task.
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)))
+func dynamoDBSubmissionWriteUnits() async throws {
+    let store = try await awsTests.state("subunits-\(UUID().uuidString.prefix(8).lowercased())")
+    let meter = store.client.meter
+    let session = SessionID.random()
+    let now = Date(timeIntervalSince1970: 1_700_000_000)
+    try await store.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
+    let start = meter.dynamoDBWriteUnits.table
+    func units() -> Double { meter.dynamoDBWriteUnits.table - start }
+    let begun = try await store.beginSubmission(.begin(session: session, key: try SubmissionKey("big"), count: 100_000, at: now))
+    #expect(begun.range == 0..<100_000)
+    #expect(units() == 6, "a reservation: three items in a transaction")
+    #expect(try await store.beginSubmission(.begin(session: session, key: try SubmissionKey("big"), count: 100_000, at: now)) == begun)
+    #expect(units() == 6, "beginning it again only reads")
+    let half = try #require(begun.progressed(to: 50_000, at: now + 1))
+    #expect(try await store.updateSubmission(half, expectedVersion: begun.version))
+    #expect(units() == 7, "a progress update")
+    let done = try #require(half.progressed(to: 100_000, at: now + 2))
+    #expect(try await store.updateSubmission(done, expectedVersion: half.version))
+    #expect(units() == 9, "the last update and the marker's deletion")
+    #expect(try await store.stalledSubmissions(before: now + 3_600, limit: 10).isEmpty)
+    #expect(units() == 9, "no marker left to clean up")
+    _ = try await store.beginSubmission(.begin(session: session, key: try SubmissionKey("none"), count: 0, at: now))
+    #expect(units() == 13, "a submission of no task: complete at once, no marker")
+    #expect(meter.dynamoDBWriteUnits.indexes == 0)
+}
+
+/// A crash between a submission's last update and the deletion of its open marker leaves a stale
+/// marker: `stalledSubmissions` does not list the complete submission and deletes the marker.
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)))
+func dynamoDBStaleOpenMarkerIsDeleted() async throws {
+    let store = try await awsTests.state("marker-\(UUID().uuidString.prefix(8).lowercased())")
+    let session = SessionID.random()
+    let now = Date(timeIntervalSince1970: 1_700_000_000)
+    try await store.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
+    let key = try SubmissionKey("crashed")
+    let begun = try await store.beginSubmission(.begin(session: session, key: key, count: 10, at: now))
+    let open = try await store.beginSubmission(.begin(session: session, key: try SubmissionKey("open"), count: 10, at: now + 1))
+    // The update that completes it, without the marker's deletion that follows it.
+    _ = try await store.client.json(
+        "DynamoDB_20120810", "UpdateItem",
+        [
+            "TableName": .string(store.configuration.table), "Key": .object(DynamoDBItem.key(session, submission: key)),
+            "UpdateExpression": "SET #st = :st, #sent = :sent", "ExpressionAttributeNames": ["#st": "st", "#sent": "sent"],
+            "ExpressionAttributeValues": [":st": DynamoDBItem.s(SubmissionState.complete.rawValue), ":sent": DynamoDBItem.n(10)],
+        ], resource: "test", repeatability: .safe)
+    func markers() async throws -> Int {
+        let answer = try await store.client.json(
+            "DynamoDB_20120810", "Query",
+            [
+                "TableName": .string(store.configuration.table), "KeyConditionExpression": "pk = :pk", "ConsistentRead": true,
+                "ExpressionAttributeValues": [":pk": DynamoDBItem.s(DynamoDBItem.openSubmissionsPartition)],
+            ], resource: "test", repeatability: .safe)
+        return answer["Items"]?.array.count ?? 0
+    }
+    #expect(try await markers() == 2)
+    let stalled = try await store.stalledSubmissions(before: now + 3_600, limit: 10)
+    #expect(stalled.map(\.key) == [open.key], "only the open submission is stalled")
+    #expect(stalled.first?.range == 10..<20)
+    #expect(try await markers() == 1, "the stale marker was deleted")
+    #expect(begun.range == 0..<10)
+}
+
+/// Task items written before attempts were counted (no `attempt`, no `ctok`) read as attempt 0: their
+/// runs finish as attempt 0, and their next claim is attempt 1.
+@Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)))
+func dynamoDBTasksWrittenBeforeAttempts() async throws {
+    let store = try await awsTests.state("legacy-\(UUID().uuidString.prefix(8).lowercased())")
+    let session = SessionID.random()
+    let now = Date(timeIntervalSince1970: 1_700_000_000)
+    let running = TaskID(session: session, index: 0)
+    let waiting = TaskID(session: session, index: 1)
+    for (id, record) in [
+        (running, TaskRecord(id: running, state: .processing, owner: AgentID("old"), leaseExpiry: now + 60, submittedAt: now, startedAt: now)),
+        (waiting, TaskRecord(id: waiting, submittedAt: now)),
+    ] {
+        var item = DynamoDBItem.item(record, configuration: store.configuration)
+        item["attempt"] = nil
+        item["ctok"] = nil
+        _ = try await store.client.json(
+            "DynamoDB_20120810", "PutItem", ["TableName": .string(store.configuration.table), "Item": .object(item)], resource: "\(id)",
+            repeatability: .safe)
+    }
+    #expect(try await store.task(running).attempt == 0)
+    #expect(try await store.finish([TaskCompletion(id: running, attempt: 1, output: nil)], owner: AgentID("old"), at: now).isEmpty)
+    #expect(try await store.finish([TaskCompletion(id: running, attempt: 0, output: nil)], owner: AgentID("old"), at: now) == [running])
+    let token = ClaimToken.random()
+    let claimed = try await store.claim([waiting], owner: AgentID("new"), token: token, leaseExpiry: now + 60, now: now)
+    #expect(claimed.map(\.attempt) == [1])
+    #expect(claimed.first?.claimToken == token)
 }
 
 /// `make test` must never skip the AWS suites.

@@ -75,3 +75,18 @@ func limitedPayloads(_ c: PayloadConformance.Case) async throws {
         #expect(try await queue.drainDeadLetters(max: 10).isEmpty)
     }
 }
+
+@Test(arguments: GridConformance.Case.allCases)
+func grid(_ c: GridConformance.Case) async throws {
+    try await GridConformance { ctx in
+        GridBackends(queue: InMemoryTaskQueue(clock: ctx.clock), state: InMemoryStateStore(clock: ctx.clock), payloads: InMemoryPayloadStore(clock: ctx.clock))
+    }.run(c)
+}
+
+/// Exercises the grid suite's `.real` mode against the system clock.
+@Test(arguments: GridConformance.Case.allCases)
+func realTimeGrid(_ c: GridConformance.Case) async throws {
+    try await GridConformance(time: .real(unit: .milliseconds(200))) { _ in
+        GridBackends(queue: InMemoryTaskQueue(), state: InMemoryStateStore(), payloads: InMemoryPayloadStore())
+    }.run(c)
+}

@@ -10,7 +10,7 @@ import Testing
         let id = try await client.submit(session.id, inputs: [[42]])[0]
         let leases = try await backends.queue.lease(max: 1, duration: .seconds(30), order: .highestFirst, wait: .zero)
         #expect(leases.map(\.id) == [id])
-        let claimed = try await backends.state.claim([id], owner: AgentID("gone"), leaseExpiry: clock.now.addingTimeInterval(30), now: clock.now)
+        let claimed = try await backends.state.claim([id], owner: AgentID("gone"), token: .random(), leaseExpiry: clock.now.addingTimeInterval(30), now: clock.now)
         #expect(claimed.count == 1)
         return id
     }
@@ -34,7 +34,7 @@ import Testing
         let again = try await backends.queue.lease(max: 1, duration: .seconds(30), order: .highestFirst, wait: .zero)
         #expect(again.map(\.id) == [id])
         #expect(again.first?.deliveryCount == 2)
-        let claimed = try await backends.state.claim([id], owner: AgentID("next"), leaseExpiry: clock.now.addingTimeInterval(30), now: clock.now)
+        let claimed = try await backends.state.claim([id], owner: AgentID("next"), token: .random(), leaseExpiry: clock.now.addingTimeInterval(30), now: clock.now)
         #expect(claimed.map(\.retries) == [1])
     }
 
@@ -50,7 +50,7 @@ import Testing
                 #expect(report.requeued == 1)
                 // The next agent takes it and vanishes too.
                 _ = try await backends.queue.lease(max: 1, duration: .seconds(30), order: .highestFirst, wait: .zero)
-                let claimed = try await backends.state.claim([id], owner: AgentID("gone-\(attempt)"), leaseExpiry: clock.now.addingTimeInterval(30), now: clock.now)
+                let claimed = try await backends.state.claim([id], owner: AgentID("gone-\(attempt)"), token: .random(), leaseExpiry: clock.now.addingTimeInterval(30), now: clock.now)
                 #expect(claimed.count == 1)
             } else {
                 #expect(report.failed == 1)
@@ -88,7 +88,7 @@ import Testing
         // A dead agent held every message and every task.
         let leases = try await backends.queue.lease(max: 20, duration: .seconds(30), order: .highestFirst, wait: .zero)
         #expect(leases.count == 20)
-        _ = try await backends.state.claim(ids, owner: AgentID("dead"), leaseExpiry: clock.now.addingTimeInterval(30), now: clock.now)
+        _ = try await backends.state.claim(ids, owner: AgentID("dead"), token: .random(), leaseExpiry: clock.now.addingTimeInterval(30), now: clock.now)
         clock.advance(by: .seconds(31))
         #expect(try await Reaper(backends: backends, clock: clock).runOnce().requeued == 20)
 

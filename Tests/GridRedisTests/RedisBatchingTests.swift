@@ -17,7 +17,7 @@ func submittingTenThousandTasksTakesAFewRoundTrips() async throws {
     let state = RedisStateStore(client: client)
     let session = SessionID.random()
     try await state.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: clock.now))
-    let range = try await state.reserveTaskIndices(session, count: 10_000)
+    let range = try await state.beginSubmission(.begin(session: session, key: .random(), count: 10_000, at: Date())).range
     let ids = range.map { TaskID(session: session, index: $0) }
 
     let before = await client.roundTrips
@@ -31,7 +31,7 @@ func submittingTenThousandTasksTakesAFewRoundTrips() async throws {
 
     let leases = try await queue.lease(max: 500, duration: .seconds(30), order: .highestFirst, wait: .zero)
     #expect(leases.count == 500)
-    let claimed = try await state.claim(leases.map(\.id), owner: AgentID("a"), leaseExpiry: clock.now + 30, now: clock.now)
+    let claimed = try await state.claim(leases.map(\.id), owner: AgentID("a"), token: .random(), leaseExpiry: clock.now + 30, now: clock.now)
     #expect(claimed.count == 500)
     await client.close()
 }

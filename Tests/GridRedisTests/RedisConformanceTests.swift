@@ -31,6 +31,14 @@ func redisPayloads(_ c: PayloadConformance.Case) async throws {
     try await PayloadConformance { ctx in RedisPayloadStore(client: try redisTests.client(ctx.namespace)) }.run(c)
 }
 
+@Test(.enabled(if: redisTests.enabled, "HTC_TEST_REDIS is unset: start redis-server and set HTC_TEST_REDIS=redis://127.0.0.1:PORT (or run make test)"), arguments: GridConformance.Case.allCases)
+func redisGrid(_ c: GridConformance.Case) async throws {
+    try await GridConformance { ctx in
+        let client = try redisTests.client(ctx.namespace)
+        return GridBackends(queue: RedisTaskQueue(client: client, clock: ctx.clock), state: RedisStateStore(client: client), payloads: RedisPayloadStore(client: client))
+    }.run(c)
+}
+
 /// `make test` must never skip the Redis suites.
 @Test func redisServerGivenUnderMake() {
     #expect(

@@ -36,7 +36,7 @@ func foreignKeyUnderThePrefixIsAConflictThatNamesThePrefixOption() async throws 
     let session = SessionID.random()
     // Another program wrote a plain string where the grid keeps the session's hash.
     _ = try await client.send([RedisCommand("SET", RedisKeys.session(prefix: configuration.prefix, session.rawValue) + ":info", "x")])[0].checked()
-    let error = await #expect(throws: GridError.self) { try await state.reserveTaskIndices(session, count: 1) }
+    let error = await #expect(throws: GridError.self) { try await state.beginSubmission(.begin(session: session, key: .random(), count: 1, at: Date())).range }
     #expect(error?.code == .conflict)
     #expect(error?.message.contains("prefix") == true, "\(error?.message ?? "")")
     await client.close()

@@ -29,18 +29,18 @@ func completedSessionKeysExpireAfterTheRetentionPeriod() async throws {
     func make() async throws -> (SessionID, [TaskID]) {
         let session = SessionID.random()
         try await state.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
-        let ids = try await state.reserveTaskIndices(session, count: 3).map { TaskID(session: session, index: $0) }
+        let ids = try await state.beginSubmission(.begin(session: session, key: .random(), count: 3, at: Date())).range.map { TaskID(session: session, index: $0) }
         try await state.createTasks(ids.map { TaskRecord(id: $0, submittedAt: now) })
         return (session, ids)
     }
     let (done, doneIDs) = try await make()
     let (live, liveIDs) = try await make()
-    _ = try await state.claim(doneIDs + liveIDs, owner: owner, leaseExpiry: now + 60, now: now)
-    _ = try await state.finish(doneIDs[0...1].map { TaskCompletion(id: $0, output: [1]) }, owner: owner, at: now)
+    _ = try await state.claim(doneIDs + liveIDs, owner: owner, token: .random(), leaseExpiry: now + 60, now: now)
+    _ = try await state.finish(doneIDs[0...1].map { TaskCompletion(id: $0, attempt: 1, output: [1]) }, owner: owner, at: now)
     let base = RedisKeys.session(prefix: prefix, done.rawValue)
     #expect(try await ttl(client, base + ":info") == -1, "a session with a running task does not expire")
-    _ = try await state.fail([TaskFailure(id: doneIDs[2], message: "x", retryable: false)], owner: owner, at: now)
-    _ = try await state.finish([TaskCompletion(id: liveIDs[0], output: nil)], owner: owner, at: now)
+    _ = try await state.fail([TaskFailure(id: doneIDs[2], attempt: 1, message: "x", retryable: false)], owner: owner, at: now)
+    _ = try await state.finish([TaskCompletion(id: liveIDs[0], attempt: 1, output: nil)], owner: owner, at: now)
 
     for key in [base + ":info", base + ":state:finished", base + ":state:failed", base + ":t:0", base + ":t:1", base + ":t:2"] {
         let left = try await ttl(client, key)
@@ -51,7 +51,7 @@ func completedSessionKeysExpireAfterTheRetentionPeriod() async throws {
     #expect(try await ttl(client, liveBase + ":t:0") == -1, "a finished task of a live session keeps its record")
 
     // A new submission to the completed session makes its keys permanent again.
-    _ = try await state.reserveTaskIndices(done, count: 1)
+    _ = try await state.beginSubmission(.begin(session: done, key: .random(), count: 1, at: Date())).range
     #expect(try await ttl(client, base + ":info") == -1)
     #expect(try await ttl(client, base + ":state:finished") == -1)
     await client.close()
@@ -63,7 +63,7 @@ func withoutRetentionCompletedSessionsAreKept() async throws {
     let now = Date(timeIntervalSince1970: 1_800_000_000)
     let session = SessionID.random()
     try await state.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
-    let ids = try await state.reserveTaskIndices(session, count: 1).map { TaskID(session: session, index: $0) }
+    let ids = try await state.beginSubmission(.begin(session: session, key: .random(), count: 1, at: Date())).range.map { TaskID(session: session, index: $0) }
     try await state.createTasks(ids.map { TaskRecord(id: $0, submittedAt: now) })
     _ = try await state.cancelSession(session, at: now)
     let base = RedisKeys.session(prefix: prefix, session.rawValue)

@@ -27,6 +27,16 @@ func localDiskPayloads(_ c: PayloadConformance.Case) async throws {
     try await withTemporaryDirectory { dir in try await PayloadConformance { ctx in LocalDiskPayloadStore(directory: dir.file(ctx.namespace)) }.run(c) }
 }
 
+@Test(arguments: GridConformance.Case.allCases)
+func sqliteGrid(_ c: GridConformance.Case) async throws {
+    try await withTemporaryDirectory { dir in
+        try await GridConformance { ctx in
+            let database = try await database(ctx, dir)
+            return GridBackends(queue: SQLiteTaskQueue(database: database), state: SQLiteStateStore(database: database), payloads: SQLitePayloadStore(database: database))
+        }.run(c)
+    }
+}
+
 /// A fresh database file for one conformance case, on the case's clock.
 private func database(_ context: ConformanceContext, _ directory: TemporaryDirectory) async throws -> SQLiteDatabase {
     try await openDatabase(directory.file("\(context.namespace).db"), clock: context.clock)

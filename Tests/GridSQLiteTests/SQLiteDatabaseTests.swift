@@ -59,7 +59,7 @@ import Testing
                         let order = claimer.isMultiple(of: 2) ? ids : ids.reversed()
                         for start in stride(from: 0, to: order.count, by: 100) {
                             let batch = Array(order[start..<min(start + 100, order.count)])
-                            won += try await store.claim(batch, owner: owner, leaseExpiry: now + 60, now: now).map(\.id)
+                            won += try await store.claim(batch, owner: owner, token: .random(), leaseExpiry: now + 60, now: now).map(\.id)
                         }
                         return (owner.rawValue, won)
                     }
@@ -144,7 +144,7 @@ import Testing
             let migrations = try await reopened.read("test") { db in
                 try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations")
             }
-            #expect(migrations == ["v1"])
+            #expect(migrations == ["v1", "v2"])
         }
     }
 
@@ -258,6 +258,36 @@ import Testing
             async let leased = consumer.lease(max: 10, duration: .seconds(10), order: .highestFirst, wait: .seconds(30))
             try await producer.enqueue([QueuedTask(id: id, priority: 0)])
             #expect(try await leased.map(\.id) == [id])
+        }
+    }
+
+    /// A file made before attempts and submissions (schema v1, with a pending task in it) is upgraded
+    /// when opened: the task reads as attempt 0 and is claimed as attempt 1; submissions work.
+    @Test func aFileFromBeforeAttemptsIsUpgraded() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory.file("old.db")
+            let session = SessionID.random()
+            do {
+                let pool = try DatabasePool(path: path)
+                try SQLiteSchema.migrator.migrate(pool, upTo: "v1")
+                try await pool.write { db in
+                    try db.execute(
+                        sql: "INSERT INTO session (id, priority, max_retries, labels, created_at, task_count) VALUES (?, 0, 5, '{}', 1700000000, 1)",
+                        arguments: [session.rawValue])
+                    try db.execute(
+                        sql: "INSERT INTO task (session, idx, state, retries, max_retries, priority, submitted_at) VALUES (?, 0, 'pending', 0, 5, 0, 1700000000)",
+                        arguments: [session.rawValue])
+                }
+                try pool.close()
+            }
+            let database = try await openDatabase(path)
+            let store = SQLiteStateStore(database: database)
+            let id = TaskID(session: session, index: 0)
+            #expect(try await store.task(id).attempt == 0)
+            let claimed = try await store.claim([id], owner: AgentID("a"), token: .random(), leaseExpiry: Date(timeIntervalSince1970: 1_700_000_060), now: Date(timeIntervalSince1970: 1_700_000_000))
+            #expect(claimed.map(\.attempt) == [1])
+            let submission = try await store.beginSubmission(.begin(session: session, key: try SubmissionKey("after-upgrade"), count: 2, at: Date()))
+            #expect(submission.range == 1..<3, "a submission after the upgrade continues after the old indices")
         }
     }
 }

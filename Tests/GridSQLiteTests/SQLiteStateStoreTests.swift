@@ -15,10 +15,10 @@ import Testing
             let records = pendingTasks(session, count: 3)
             try await store.createTasks(records)
             let owner = AgentID("agent")
-            _ = try await store.claim(records.map(\.id), owner: owner, leaseExpiry: now + 30, now: now)
+            _ = try await store.claim(records.map(\.id), owner: owner, token: .random(), leaseExpiry: now + 30, now: now)
             let outputs: [[UInt8]?] = [[], nil, [1, 2, 3]]
             let finished = try await store.finish(
-                zip(records, outputs).map { TaskCompletion(id: $0.id, output: $1) }, owner: owner, at: now + 1)
+                zip(records, outputs).map { TaskCompletion(id: $0.id, attempt: 1, output: $1) }, owner: owner, at: now + 1)
             #expect(finished == Set(records.map(\.id)))
             for (record, output) in zip(records, outputs) {
                 #expect(try await store.task(record.id).output == output)
@@ -49,18 +49,21 @@ import Testing
                 records.append(TaskRecord(id: TaskID(session: session, index: index), retries: retries, maxRetries: maxRetries, submittedAt: now))
             }
             try await store.createTasks(records)
-            _ = try await store.claim(records.map(\.id), owner: owner, leaseExpiry: now + 30, now: now)
-            let claimed = try await store.claim([], owner: owner, leaseExpiry: now, now: now)
+            let claimedToken = ClaimToken.random()
+            _ = try await store.claim(records.map(\.id), owner: owner, token: claimedToken, leaseExpiry: now + 30, now: now)
+            let claimed = try await store.claim([], owner: owner, token: .random(), leaseExpiry: now, now: now)
             #expect(claimed.isEmpty)
             let retryable = [true, true, true, false]
             let states = try await store.fail(
-                zip(records, retryable).map { TaskFailure(id: $0.id, message: "err \($0.id.index)", retryable: $1) }, owner: owner, at: now + 2)
+                zip(records, retryable).map { TaskFailure(id: $0.id, attempt: 1, message: "err \($0.id.index)", retryable: $1) }, owner: owner, at: now + 2)
             for (record, retryable) in zip(records, retryable) {
                 var running = record
                 running.state = .processing
                 running.owner = owner
                 running.leaseExpiry = now + 30
                 running.startedAt = now
+                running.attempt = 1
+                running.claimToken = claimedToken
                 let expected = running.afterFailure(message: "err \(record.id.index)", retryable: retryable, at: now + 2)
                 #expect(states[record.id] == expected.state)
                 #expect(try await store.task(record.id) == expected)

@@ -10,13 +10,17 @@ import Testing
         let command = try AgentCommand.parse(["--concurrency", "3", "--grid", "memory://x"])
         let environment = Environment([
             "HTC_CONCURRENCY": "9", "HTC_LEASE_DURATION": "12", "HTC_HEARTBEAT_INTERVAL": "2", "MY_POD_NAME": "pod-7",
+            "HTC_SUBMISSION_GRACE": "30",
         ])
         let (configuration, reaper) = try command.agentConfiguration(environment)
         #expect(configuration.concurrency == 3)
         #expect(configuration.leaseDuration == .seconds(12))
         #expect(configuration.heartbeatInterval == .seconds(2))
         #expect(configuration.id == AgentID("pod-7"))
-        #expect(reaper == .seconds(5))
+        #expect(reaper?.interval == .seconds(5))
+        #expect(reaper?.submissionGrace == .seconds(30))
+        #expect(try AgentCommand.parse(["--reaper-interval", "0"]).agentConfiguration(Environment([:])).reaper == nil)
+        #expect(try AgentCommand.parse([]).agentConfiguration(Environment([:])).reaper?.submissionGrace == .seconds(120))
         #expect(command.grid.urls(environment) == GridURLs(grid: "memory://x"))
     }
 

@@ -70,11 +70,11 @@ import Testing
         let fromEnvironment = try await settings([], environment: ["HTC_LISTEN": "0.0.0.0:7000", "HTC_API_KEYS": file, "HTC_REAPER_INTERVAL": "0"])
         #expect(fromEnvironment.listen.port == 7000)
         #expect(fromEnvironment.authName == "api-key")
-        #expect(fromEnvironment.reaperInterval == nil)
+        #expect(fromEnvironment.reaper == nil)
         let flagsWin = try await settings(["--listen", "127.0.0.1:7001", "--auth", "none"], environment: ["HTC_LISTEN": "0.0.0.0:7000", "HTC_API_KEYS": file])
         #expect(flagsWin.listen.port == 7001)
         #expect(flagsWin.authName == "none")
-        #expect(flagsWin.reaperInterval == .seconds(5))
+        #expect(flagsWin.reaper?.interval == .seconds(5))
     }
 
     @Test func badSettingsAreRefused() async throws {

@@ -160,8 +160,18 @@ import Testing
             await #expect(throws: GridError.self) { try await grid.backends.state.session(SessionID(session)) }
 
             try await store(session: session, count: 2)
-            #expect(try await client.send(.post, "/v1/submit?submission_content=\(session)", key: "key-acme").status == .ok)
-            try await expectError(.post, "/v1/submit?submission_content=\(session)", 543, mentioning: "submitted before")
+            let first = try await client.send(.post, "/v1/submit?submission_content=\(session)", key: "key-acme")
+            #expect(first.status == .ok)
+            // The same submission sent again (a timeout, a restarted server) gets the same answer.
+            let again = try await client.send(.post, "/v1/submit?submission_content=\(session)", key: "key-acme")
+            #expect(again.status == .ok)
+            #expect(again.text == first.text)
+            #expect(try await grid.backends.state.session(SessionID(session)).taskCount == 2)
+            // Another tenant, or another task list under the same id, is refused.
+            let foreignSubmit = try await client.send(.post, "/v1/submit?submission_content=\(session)", key: "key-globex")
+            #expect(Int(foreignSubmit.status.code) == 543 && foreignSubmit.text.contains("submitted before"), "\(foreignSubmit.text)")
+            try await store(session: session, count: 3)
+            try await expectError(.post, "/v1/submit?submission_content=\(session)", 543, mentioning: "idempotency key")
 
             try await expectError(.get, "/v1/result?submission_content=not%20base64!", 542, mentioning: "base64")
             try await expectError(.get, "/v1/result?submission_content=\(Self.content(#"{"session": "x"}"#))", 542, mentioning: "session_id")

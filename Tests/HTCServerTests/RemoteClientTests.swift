@@ -22,7 +22,7 @@ import Testing
             #expect(session.options == options)
             #expect(abs(session.createdAt.timeIntervalSinceNow) < 60, "created_at must be a full date-time: \(session.createdAt)")
             let inputs: [[UInt8]] = [Array("one".utf8), Array("two".utf8), [0, 255, 10], Array(repeating: 7, count: 100)]
-            let ids = try await remote.submit(session.id, inputs: inputs)
+            let ids = try await remote.submit(session.id, inputs: inputs, key: nil)
             #expect(ids == (0..<4).map { TaskID(session: session.id, index: $0) })
             #expect(try await remote.session(session.id).taskCount == 4)
 
@@ -80,7 +80,7 @@ import Testing
                 }
             }
             _ = try await remote.cancel(session.id)
-            await #expect(throws: GridError.self) { _ = try await remote.submit(session.id, inputs: [[1]]) }
+            await #expect(throws: GridError.self) { _ = try await remote.submit(session.id, inputs: [[1]], key: nil) }
         }
     }
 

@@ -84,9 +84,11 @@ struct TimedOut: Error, CustomStringConvertible {
 extension TestClientProtocol {
     /// Sends a request with an optional JSON body, API key and raw `Authorization` value.
     func send(
-        _ method: HTTPRequest.Method, _ uri: String, json body: String? = nil, key: String? = nil, authorization: String? = nil
+        _ method: HTTPRequest.Method, _ uri: String, json body: String? = nil, key: String? = nil, authorization: String? = nil,
+        idempotencyKey: String? = nil
     ) async throws -> TestResponse {
         var headers: HTTPFields = [:]
+        if let idempotencyKey { headers[HTTPField.Name("Idempotency-Key")!] = idempotencyKey }
         if body != nil { headers[.contentType] = "application/json" }
         if let key { headers[HTTPField.Name("x-api-key")!] = key }
         if let authorization { headers[.authorization] = authorization }

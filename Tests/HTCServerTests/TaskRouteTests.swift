@@ -7,6 +7,31 @@ import Testing
 @testable import HTCServer
 
 @Suite struct TaskRouteTests {
+    /// A request sent again with its Idempotency-Key answers the same ids and creates nothing; the key
+    /// with another number of tasks is a 409; a malformed key is a 400 that names the header.
+    @Test func aSubmissionSentAgainWithItsKeyCreatesNoTaskTwice() async throws {
+        let grid = TestGrid()
+        try await grid.application().test(.router) { client in
+            let session = try await client.send(.post, "/v1/sessions").decode(SessionJSON.self)
+            let two = #"{"tasks": [{"payload_json": 1}, {"payload_json": 2}]}"#
+            let path = "/v1/sessions/\(session.id)/tasks"
+            let first = try await client.send(.post, path, json: two, idempotencyKey: "batch-7")
+            #expect(first.status == .created)
+            let again = try await client.send(.post, path, json: two, idempotencyKey: "batch-7")
+            #expect(again.status == .created)
+            #expect(try again.decode(SubmitJSON.self).task_ids == first.decode(SubmitJSON.self).task_ids)
+            #expect(try await grid.backends.state.session(try SessionID(session.id)).taskCount == 2)
+            let other = try await client.send(.post, path, json: #"{"tasks": [{"payload_json": 3}]}"#, idempotencyKey: "batch-7")
+            #expect(other.status == .conflict)
+            #expect(try other.decode(ErrorJSON.self).error.message.contains("idempotency key 'batch-7'"))
+            let malformed = try await client.send(.post, path, json: two, idempotencyKey: "not a key")
+            #expect(malformed.status == .badRequest)
+            #expect(try malformed.decode(ErrorJSON.self).error.message.contains("Idempotency-Key"))
+            let fresh = try await client.send(.post, path, json: two, idempotencyKey: "batch-8")
+            #expect(try fresh.decode(SubmitJSON.self).task_ids == ["\(session.id)_2", "\(session.id)_3"])
+        }
+    }
+
     @Test func submittedTasksRunAndTheirResultsArePaged() async throws {
         let grid = TestGrid()
         try await grid.application().test(.router) { client in

@@ -61,6 +61,8 @@ data "aws_iam_policy_document" "grid" {
     actions   = ["sqs:ListQueues"]
     resources = ["*"]
   }
+  # TransactWriteItems (beginning a submission) has no IAM action of its own: its Update and Puts are
+  # authorised by dynamodb:UpdateItem and dynamodb:PutItem.
   statement {
     sid = "StateTable"
     actions = [

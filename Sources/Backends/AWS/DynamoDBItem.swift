@@ -2,15 +2,18 @@ import Foundation
 import GridKernel
 
 /// The DynamoDB table layout of the state store: attribute names, key values and the codec between
-/// ``GridKernel/TaskRecord`` / ``GridKernel/SessionRecord`` and DynamoDB items.
+/// ``GridKernel/TaskRecord`` / ``GridKernel/SessionRecord`` / ``GridKernel/SubmissionRecord`` and
+/// DynamoDB items.
 ///
 /// One table, partition key `pk` and sort key `sk` (both strings), no secondary index:
 ///
 /// | item | `pk` | `sk` | other attributes |
 /// |---|---|---|---|
 /// | session | `session` | `<session>` | `sid`, `prio`, `maxr`, `tmo`, `labels`, `created`, `count`, `cancelled` |
-/// | task | `t#<session>#<shard>` | `<index>`, 12 digits | `sid`, `idx`, `st`, `owner`, `lease`, `retries`, `maxr`, `prio`, `tmo`, `submitted`, `started`, `completed`, `err`, `out` |
+/// | task | `t#<session>#<shard>` | `<index>`, 12 digits | `sid`, `idx`, `st`, `owner`, `lease`, `retries`, `maxr`, `prio`, `tmo`, `submitted`, `started`, `completed`, `err`, `out`, `attempt`, `ctok` |
 /// | lease bucket | `lease#<shard>` | `<expiry in ms>`, 15 digits, `#<random>` | `tasks`: the tasks leased with that expiry, `<session>_<index>,<index>…` per session, sessions separated by spaces |
+/// | submission | `sub#<session>` | `<key>` | `sid`, `skey`, `first`, `count`, `sent`, `st`, `ver`, `created`, `upd` |
+/// | open submission | `submissions#open` | `<created in ms>`, 15 digits, `#<session> <key>` | `sid`, `skey`: a marker that exists while the submission is open or repairing |
 ///
 /// A session's tasks are spread over ``DynamoDBConfiguration/taskShards`` partitions (shard = index
 /// mod shards), each in index order, so listing and counting a session are queries of the table. A
@@ -19,6 +22,12 @@ import GridKernel
 /// buckets older than now, without an index that every transition would also write. A task that
 /// runs once therefore costs three write units (create, claim, finish) plus its share of one bucket
 /// per claim batch.
+///
+/// A task's `attempt` counts its claims (absent on items written before attempts existed: 0) and
+/// `ctok` is the token of the claim that started the current attempt. A session's submissions live
+/// in a partition of their own, so deleting a session finds them with one query; the markers of the
+/// open ones share one small partition, in creation order, so the reaper finds stalled submissions
+/// without reading the complete ones.
 enum DynamoDBItem {
     typealias Item = [String: JSON]
 
@@ -118,7 +127,9 @@ enum DynamoDBItem {
         var item: Item = key(task.id, shards: configuration.taskShards).merging([
             "sid": s(task.id.session.rawValue), "idx": n(task.id.index), "st": s(task.state.rawValue),
             "retries": n(task.retries), "maxr": n(task.maxRetries), "prio": n(task.priority), "submitted": n(task.submittedAt),
+            "attempt": n(task.attempt),
         ]) { $1 }
+        if let token = task.claimToken { item["ctok"] = s(token.rawValue) }
         if let owner = task.owner { item["owner"] = s(owner.rawValue) }
         if let lease = task.leaseExpiry { item["lease"] = n(lease) }
         if let timeout = task.timeout { item["tmo"] = ["N": .string(String(timeout.timeInterval))] }
@@ -149,7 +160,8 @@ enum DynamoDBItem {
             id: TaskID(session: sid, index: index), state: state, owner: string(item, "owner").map(AgentID.init), leaseExpiry: date(item, "lease"),
             retries: int(item, "retries") ?? 0, maxRetries: int(item, "maxr") ?? SessionOptions.defaultMaxRetries, priority: int(item, "prio") ?? 0,
             timeout: item["tmo"]?["N"]?.string.flatMap(Double.init).map { Duration(timeInterval: $0) }, submittedAt: submitted,
-            startedAt: date(item, "started"), completedAt: date(item, "completed"), lastError: string(item, "err"), output: output)
+            startedAt: date(item, "started"), completedAt: date(item, "completed"), lastError: string(item, "err"), output: output,
+            attempt: int(item, "attempt") ?? 0, claimToken: string(item, "ctok").flatMap { try? ClaimToken($0) })
     }
 
     // MARK: Sessions
@@ -175,5 +187,76 @@ enum DynamoDBItem {
             taskTimeout: item["tmo"]?["N"]?.string.flatMap(Double.init).map { Duration(timeInterval: $0) }, labels: labels)
         return SessionRecord(
             id: id, options: options, createdAt: created, taskCount: int(item, "count") ?? 0, cancelled: item["cancelled"]?["BOOL"]?.bool ?? false)
+    }
+
+    // MARK: Submissions
+
+    /// The partition of a session's submissions.
+    static func submissionPartition(_ session: SessionID) -> String { "sub#\(session.rawValue)" }
+
+    /// The partition of the open-submission markers.
+    static let openSubmissionsPartition = "submissions#open"
+
+    /// The key of a submission item.
+    static func key(_ session: SessionID, submission key: SubmissionKey) -> Item {
+        ["pk": s(submissionPartition(session)), "sk": s(key.rawValue)]
+    }
+
+    /// The key of the open marker of a submission created at `created` (the stored `createdAt`, so
+    /// that every writer finds the same marker).
+    static func openMarkerKey(_ session: SessionID, _ key: SubmissionKey, created: Date) -> Item {
+        ["pk": s(openSubmissionsPartition), "sk": s(openMarkerSortKey(created: created, suffix: "\(session.rawValue) \(key.rawValue)"))]
+    }
+
+    /// A marker's sort key: the creation time in whole milliseconds (rounded down), zero-padded so
+    /// that the string order is the time order, then `#` and `suffix`.
+    static func openMarkerSortKey(created: Date, suffix: String) -> String {
+        let digits = String(max(0, Int((created.timeIntervalSince1970 * 1_000).rounded(.down))))
+        return String(repeating: "0", count: max(0, 15 - digits.count)) + digits + "#" + suffix
+    }
+
+    /// The smallest marker sort key after those of every submission created before `date` (and of
+    /// some created within the same millisecond: callers check the submissions themselves).
+    static func openMarkerBound(before date: Date) -> String {
+        let digits = String(max(0, Int((date.timeIntervalSince1970 * 1_000).rounded(.down)) + 1))
+        return String(repeating: "0", count: max(0, 15 - digits.count)) + digits + "#"
+    }
+
+    /// The open marker of a submission.
+    static func openMarker(_ submission: SubmissionRecord) -> Item {
+        openMarkerKey(submission.session, submission.key, created: submission.createdAt).merging([
+            "sid": s(submission.session.rawValue), "skey": s(submission.key.rawValue),
+        ]) { $1 }
+    }
+
+    /// The item of a submission, with its key.
+    static func item(_ submission: SubmissionRecord) -> Item {
+        key(submission.session, submission: submission.key).merging([
+            "sid": s(submission.session.rawValue), "skey": s(submission.key.rawValue), "first": n(submission.first), "count": n(submission.count),
+            "sent": n(submission.sent), "st": s(submission.state.rawValue), "ver": n(submission.version), "created": n(submission.createdAt),
+            "upd": n(submission.updatedAt),
+        ]) { $1 }
+    }
+
+    /// Reads a submission item.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/internalError`` for an item that is not a submission.
+    static func submission(_ item: Item) throws -> SubmissionRecord {
+        guard let sid = string(item, "sid").flatMap({ try? SessionID($0) }), let key = string(item, "skey").flatMap({ try? SubmissionKey($0) }),
+            let first = int(item, "first"), let count = int(item, "count"), let sent = int(item, "sent"),
+            let state = string(item, "st").flatMap(SubmissionState.init(rawValue:)), let version = int(item, "ver"),
+            let created = date(item, "created"), let updated = date(item, "upd")
+        else {
+            throw GridError(.internalError, "a DynamoDB item is not a submission: \(item["pk"] ?? .null) \(item["sk"] ?? .null)", backend: "dynamodb")
+        }
+        return SubmissionRecord(
+            session: sid, key: key, first: first, count: count, sent: sent, state: state, version: version, createdAt: created, updatedAt: updated)
+    }
+
+    /// The submission an open marker names, as the key of its item; `nil` for a malformed marker.
+    static func markedSubmission(_ marker: Item) -> Item? {
+        guard let sid = string(marker, "sid").flatMap({ try? SessionID($0) }), let key = string(marker, "skey").flatMap({ try? SubmissionKey($0) })
+        else { return nil }
+        return self.key(sid, submission: key)
     }
 }

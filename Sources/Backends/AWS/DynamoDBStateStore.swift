@@ -1,16 +1,37 @@
 import Foundation
 import GridKernel
 
-/// The state store on Amazon DynamoDB: one table, every transition one conditional `UpdateItem`.
+/// The state store on Amazon DynamoDB: one table, every task transition one conditional `UpdateItem`.
 ///
-/// Each transition's `ConditionExpression` checks the state (and the owner, or the lease expiry),
-/// so exactly one of several concurrent writers wins, as the kernel requires. Creation goes through
-/// `BatchWriteItem` (25 items a call, `UnprocessedItems` sent again), after a consistent
-/// `BatchGetItem` that leaves existing tasks as they are. A session's tasks live in a few partitions
-/// of the table in index order, so listings and counts are queries of the table (following
-/// `LastEvaluatedKey`); claims and heartbeats write lease buckets that the reaper queries. The
-/// layout is documented on ``DynamoDBItem`` and in docs/backends.md. Write units are metered on
-/// the client's ``AWSRequestMeter`` by DynamoDB's billing rules (item size, index writes).
+/// Each transition's `ConditionExpression` checks the state (and the owner and attempt, or the lease
+/// expiry), so exactly one of several concurrent writers wins, as the kernel requires, and a stale
+/// attempt changes nothing. Creation goes through `BatchWriteItem` (25 items a call,
+/// `UnprocessedItems` sent again), after a consistent `BatchGetItem` that leaves existing tasks as they
+/// are. A session's tasks live in a few partitions of the table in index order, so listings and counts
+/// are queries of the table (following `LastEvaluatedKey`); claims and heartbeats write lease buckets
+/// that the reaper queries. The layout is documented on ``DynamoDBItem`` and in docs/backends.md.
+/// Write units are metered on the client's ``AWSRequestMeter`` by DynamoDB's billing rules (item
+/// size, two units per KiB in a transaction).
+///
+/// **Claims sent twice.** The client sends a conditional write again after a 5xx or a lost reply, and
+/// the agent sends a claim call again after ``GridKernel/GridError/Code/unavailable``; the second send
+/// of a claim that the first one won finds the task `processing` and fails its condition. So the
+/// tasks whose claim condition failed are read back (one consistent `BatchGetItem` per call) and
+/// those held by this owner under this call's token (`ctok`) count as won, unchanged.
+///
+/// **Submissions.** ``beginSubmission(_:)`` reads the session and the submission consistently, then
+/// writes in one `TransactWriteItems`: the session's `count` moved from the value read to the value
+/// plus the submission's count (conditional on that value and on the session not being cancelled),
+/// the submission item (conditional on its absence), and, unless the submission is complete at once,
+/// its open marker. A cancelled transaction (a concurrent reservation, or the same key begun
+/// concurrently, or this very transaction sent again after a lost reply) reads again: an existing
+/// submission is returned, a moved count is tried again. ``updateSubmission(_:expectedVersion:)``
+/// is one `UpdateItem` conditional on `ver`, then, when the submission stopped being open or
+/// repairing, a `DeleteItem` of its marker: a crash in between leaves a stale marker, which
+/// ``stalledSubmissions(before:limit:)`` deletes when the submission it names is no longer active.
+/// That query reads only the marker partition, and only markers created before the date (an active
+/// submission's `updatedAt` is not before its `createdAt`, up to the clock skew between the
+/// submitter and the reaper).
 public struct DynamoDBStateStore: StateStore {
     let client: AWSClient
     let configuration: DynamoDBConfiguration
@@ -58,28 +79,148 @@ public struct DynamoDBStateStore: StateStore {
         return Page(items: sessions, next: items.count > limit ? sessions.last?.id.rawValue : nil)
     }
 
-    public func reserveTaskIndices(_ session: SessionID, count: Int) async throws -> Range<Int> {
-        guard count >= 0 else { throw GridError.invalidArgument("count is \(count); it must not be negative", backend: "dynamodb") }
+    // MARK: Submissions
+
+    public func beginSubmission(_ submission: SubmissionRecord) async throws -> SubmissionRecord {
+        guard submission.count >= 0 else {
+            throw GridError.invalidArgument("count is \(submission.count); it must not be negative", backend: "dynamodb")
+        }
+        let session = submission.session
+        let sessionKey = D.key(session)
+        let submissionKey = D.key(session, submission: submission.key)
+        let resource = "submission \(submission.key) of session \(session)"
+        var round = 0
+        while true {
+            round += 1
+            let items = try await batchGetItems([sessionKey, submissionKey])
+            if let stored = items.first(where: { D.string($0, "pk") == D.submissionPartition(session) }) {
+                return try D.submission(stored)
+            }
+            guard let sessionItem = items.first(where: { D.string($0, "pk") == D.sessionsPartition }) else {
+                throw GridError.notFound("session '\(session)' does not exist", backend: "dynamodb")
+            }
+            let record = try D.session(sessionItem)
+            guard !record.cancelled else {
+                throw GridError(.conflict, "session '\(session)' was cancelled; it takes no more tasks", backend: "dynamodb")
+            }
+            var stored = submission
+            stored.first = record.taskCount
+            var updatedSession = sessionItem
+            updatedSession["count"] = D.n(record.taskCount + submission.count)
+            var written = [updatedSession, D.item(stored)]
+            var writes: [JSON] = [
+                [
+                    "Update": [
+                        "TableName": .string(table), "Key": .object(sessionKey), "UpdateExpression": "SET #count = :next",
+                        "ConditionExpression": "#count = :count AND #cancelled = :false",
+                        "ExpressionAttributeNames": ["#count": "count", "#cancelled": "cancelled"],
+                        "ExpressionAttributeValues": [
+                            ":next": D.n(record.taskCount + submission.count), ":count": D.n(record.taskCount), ":false": D.bool(false),
+                        ],
+                    ]
+                ],
+                ["Put": ["TableName": .string(table), "Item": .object(D.item(stored)), "ConditionExpression": "attribute_not_exists(pk)"]],
+            ]
+            if stored.state.isActive {
+                writes.append(["Put": ["TableName": .string(table), "Item": .object(D.openMarker(stored))]])
+                written.append(D.openMarker(stored))
+            }
+            do {
+                // Safe to send again: a second send after a first that took effect is cancelled by
+                // its conditions, and the next round reads the submission it stored.
+                _ = try await call("TransactWriteItems", ["TransactItems": .array(writes)], resource: resource)
+                for item in written { meterWrite(item: item, transactional: true) }
+                return stored
+            } catch let error as GridError where Self.transactionCanceled(error) {
+                for item in written { meterWrite(item: item, transactional: true) }
+                guard round < Self.reservationRounds else {
+                    throw GridError.unavailable(
+                        "beginning \(resource) lost \(round) races for the session's task count; try again", backend: "dynamodb", underlying: error)
+                }
+                try await Task.sleep(for: client.retry.backoff(retry: Swift.min(round, 6), random: Double.random(in: 0..<1)))
+            }
+        }
+    }
+
+    public func updateSubmission(_ submission: SubmissionRecord, expectedVersion: Int) async throws -> Bool {
+        let key = D.key(submission.session, submission: submission.key)
+        let resource = "submission \(submission.key) of session \(submission.session)"
         do {
             let answer = try await call(
                 "UpdateItem",
                 [
-                    "Key": .object(D.key(session)), "UpdateExpression": "ADD #count :n",
-                    "ConditionExpression": "attribute_exists(pk) AND #cancelled = :false",
-                    "ExpressionAttributeNames": ["#count": "count", "#cancelled": "cancelled"],
-                    "ExpressionAttributeValues": [":n": D.n(count), ":false": D.bool(false)], "ReturnValues": "UPDATED_NEW",
-                ], resource: "session \(session)", repeatability: .unsafe)
-            meterWrite(item: nil)
-            guard let end = D.int(answer["Attributes"]?.object ?? [:], "count") else {
-                throw GridError(.internalError, "UpdateItem of session \(session) returned no count", backend: "dynamodb")
-            }
-            return (end - count)..<end
+                    "Key": .object(key), "UpdateExpression": "SET #sent = :sent, #st = :st, #ver = :ver, #upd = :upd",
+                    "ConditionExpression": "attribute_exists(pk) AND #ver = :expected",
+                    "ExpressionAttributeNames": ["#sent": "sent", "#st": "st", "#ver": "ver", "#upd": "upd"],
+                    "ExpressionAttributeValues": [
+                        ":sent": D.n(submission.sent), ":st": D.s(submission.state.rawValue), ":ver": D.n(submission.version),
+                        ":upd": D.n(submission.updatedAt), ":expected": D.n(expectedVersion),
+                    ],
+                    "ReturnValues": "ALL_OLD",
+                ], resource: resource)
+            let old = try D.submission(answer["Attributes"]?.object ?? [:])
+            var new = old
+            new.sent = submission.sent
+            new.state = submission.state
+            new.version = submission.version
+            new.updatedAt = submission.updatedAt
+            meterWrite(item: D.item(new))
+            try await keepOpenMarker(of: new, wasActive: old.state.isActive)
+            return true
         } catch let error as GridError where Self.conditionFailed(error) {
-            let record = try await self.session(session)
-            if record.cancelled { throw GridError(.conflict, "session '\(session)' was cancelled; it takes no more tasks", backend: "dynamodb") }
-            throw error
+            meterWrite(item: nil)
+            // The same update sent again after a lost reply finds the submission as it left it: that
+            // is this update, applied (and its marker may still have to go).
+            guard let item = try await getItem(key, resource: resource), let stored = try? D.submission(item),
+                stored.version == submission.version && stored.sent == submission.sent && stored.state == submission.state
+                    && stored.updatedAt == submission.updatedAt
+            else { return false }
+            try await keepOpenMarker(of: stored, wasActive: true)
+            return true
         }
     }
+
+    /// How many times ``beginSubmission(_:)`` reads the session's count again after a concurrent
+    /// reservation moved it, before giving up as unavailable.
+    private static let reservationRounds = 50
+
+    /// Puts the open marker of a submission that became active, deletes that of one that stopped
+    /// being active (deleting an absent marker is harmless, so `wasActive` may err on `true`).
+    private func keepOpenMarker(of submission: SubmissionRecord, wasActive: Bool) async throws {
+        let resource = "open marker of submission \(submission.key) of session \(submission.session)"
+        if submission.state.isActive && !wasActive {
+            let marker = D.openMarker(submission)
+            _ = try await call("PutItem", ["Item": .object(marker)], resource: resource)
+            meterWrite(item: marker)
+        } else if !submission.state.isActive && wasActive {
+            let key = D.openMarkerKey(submission.session, submission.key, created: submission.createdAt)
+            _ = try await call("DeleteItem", ["Key": .object(key)], resource: resource)
+            meterWrite(item: nil)
+        }
+    }
+
+    /// Reads the open markers created before `date`, then the submissions they name (consistently);
+    /// deletes the markers whose submission is gone or no longer active.
+    public func stalledSubmissions(before date: Date, limit: Int) async throws -> [SubmissionRecord] {
+        guard limit > 0 else { return [] }
+        let markers = try await query(
+            index: nil, condition: "#pk = :pk AND #sk < :bound", names: ["#pk": "pk", "#sk": "sk"],
+            values: [":pk": D.s(D.openSubmissionsPartition), ":bound": D.s(D.openMarkerBound(before: date))], limit: Int.max)
+        guard !markers.isEmpty else { return [] }
+        var keys: [String: Item] = [:]
+        for marker in markers {
+            if let key = D.markedSubmission(marker) { keys[Self.keyText(key)] = key }
+        }
+        let records = try await batchGetItems(Array(keys.values)).compactMap { try? D.submission($0) }
+        let active = Set(records.filter(\.state.isActive).map { Self.keyText(D.key($0.session, submission: $0.key)) })
+        let garbage = markers.filter { marker in D.markedSubmission(marker).map { !active.contains(Self.keyText($0)) } ?? true }
+        try await batchWrite(garbage.map { ["DeleteRequest": ["Key": .object(D.itemKey($0))]] })
+        for _ in garbage { meterWrite(item: nil) }
+        let stalled = records.filter { $0.isStalled(before: date) }
+        return Array(stalled.sorted { ($0.updatedAt, $0.session, $0.key) < ($1.updatedAt, $1.session, $1.key) }.prefix(limit))
+    }
+
+    // MARK: Sessions, continued
 
     public func cancelSession(_ id: SessionID, at: Date) async throws -> CancelCounts {
         do {
@@ -102,13 +243,22 @@ public struct DynamoDBStateStore: StateStore {
         return counts
     }
 
-    /// Removes a session's record and all of its task records, whatever their states, and returns how
-    /// many task records were removed.
+    /// Removes a session's submissions (and their open markers), all of its task records, whatever
+    /// their states, and its record, and returns how many task records were removed. The session's
+    /// record goes last, so a deletion that failed half-way can be repeated.
     ///
     /// - Throws: ``GridKernel/GridError/Code/notFound`` when the session does not exist;
     ///   ``GridKernel/GridError/Code/unavailable``.
     public func deleteSession(_ id: SessionID) async throws -> Int {
         _ = try await session(id)
+        let submissions = try await query(
+            index: nil, condition: "#pk = :pk", names: ["#pk": "pk"], values: [":pk": D.s(D.submissionPartition(id))], limit: Int.max)
+        // Markers first: a marker whose submission is gone is garbage to stalledSubmissions anyway.
+        let markers = submissions.compactMap { try? D.submission($0) }.map { D.openMarkerKey($0.session, $0.key, created: $0.createdAt) }
+        for keys in [markers, submissions.map(D.itemKey)] where !keys.isEmpty {
+            try await batchWrite(keys.map { ["DeleteRequest": ["Key": .object($0)]] })
+            for _ in keys { meterWrite(item: nil) }
+        }
         var removed = 0
         try await forEachPage(id, states: nil) { records in
             try await batchWrite(records.map { ["DeleteRequest": ["Key": .object(D.key($0.id, shards: configuration.taskShards))]] })
@@ -167,6 +317,11 @@ public struct DynamoDBStateStore: StateStore {
     public func task(_ id: TaskID) async throws -> TaskRecord {
         guard let item = try await getItem(D.key(id, shards: configuration.taskShards), resource: "task \(id)") else { throw GridError.notFound("task '\(id)' does not exist", backend: "dynamodb") }
         return try D.task(item)
+    }
+
+    /// Reads the tasks with consistent `BatchGetItem`s (100 keys a call, in parallel).
+    public func tasks(_ ids: [TaskID]) async throws -> [TaskRecord] {
+        try await batchGetItems(Set(ids).map { D.key($0, shards: configuration.taskShards) }).map(D.task)
     }
 
     public func counts(_ session: SessionID) async throws -> StateCounts {
@@ -256,56 +411,87 @@ public struct DynamoDBStateStore: StateStore {
 
     // MARK: Transitions
 
-    public func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
+    /// Claims each task with a conditional `UpdateItem` (`pending` and unowned; `attempt` + 1, with
+    /// `ADD` so that items without one start at 1), then reads back the tasks whose condition failed:
+    /// those held by `owner` under `token` were won by this very call, sent before.
+    public func claim(_ ids: [TaskID], owner: AgentID, token: ClaimToken, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
         let unique = Array(Set(ids))
         try await writeLeaseBucket(unique, expiry: leaseExpiry)
-        let won = try await unique.concurrentMap(width: configuration.concurrency) { id -> TaskRecord? in
+        let outcomes = try await unique.concurrentMap(width: configuration.concurrency) { id -> (id: TaskID, won: TaskRecord?) in
             let answer = try await update(
                 id,
                 set: [
                     "st": D.s(TaskState.processing.rawValue), "owner": D.s(owner.rawValue), "lease": D.n(leaseExpiry), "started": D.n(now),
+                    "ctok": D.s(token.rawValue),
                 ],
-                condition: "#c_st = :c_pending AND attribute_not_exists(#c_owner)",
-                conditionNames: ["#c_st": "st", "#c_owner": "owner"], conditionValues: [":c_pending": D.s(TaskState.pending.rawValue)])
-            return try answer.map(D.task)
+                add: ["attempt": D.n(1)],
+                when: Guard(
+                    "#c_st = :c_pending AND attribute_not_exists(#c_owner)", names: ["#c_st": "st", "#c_owner": "owner"],
+                    values: [":c_pending": D.s(TaskState.pending.rawValue)]))
+            return (id, try answer.map(D.task))
         }
-        return won.compactMap { $0 }
+        let won = outcomes.compactMap(\.won)
+        let lost = outcomes.filter { $0.won == nil }.map(\.id)
+        guard !lost.isEmpty else { return won }
+        let wonBefore = try await batchGetItems(lost.map { D.key($0, shards: configuration.taskShards) }).map(D.task).filter {
+            $0.state == .processing && $0.owner == owner && $0.claimToken == token
+        }
+        return won + wonBefore
     }
 
-    public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
-        let unique = Array(Set(ids))
-        try await writeLeaseBucket(unique, expiry: leaseExpiry)
-        let held = try await unique.concurrentMap(width: configuration.concurrency) { id -> TaskID? in
-            try await update(
-                id, set: ["lease": D.n(leaseExpiry)], condition: Self.owned, conditionNames: Self.ownedNames, conditionValues: Self.ownedValues(owner)
-            ) != nil ? id : nil
+    public func heartbeat(_ attempts: [TaskAttempt], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
+        let unique = Dictionary(attempts.map { ($0.id, $0.attempt) }, uniquingKeysWith: { $1 })
+        try await writeLeaseBucket(Array(unique.keys), expiry: leaseExpiry)
+        let held = try await Array(unique).concurrentMap(width: configuration.concurrency) { id, attempt -> TaskID? in
+            try await update(id, set: ["lease": D.n(leaseExpiry)], when: .held(by: owner, attempt: attempt)) != nil ? id : nil
         }
         return Set(held.compactMap { $0 })
     }
 
+    /// Finishes each current attempt: `finished`, owner, lease and `err` removed, the output set (or
+    /// removed, so that the record holds exactly the completion's output).
     public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
         var unique: [TaskID: TaskCompletion] = [:]
         for completion in completions where unique[completion.id] == nil { unique[completion.id] = completion }
         let done = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { completion -> TaskID? in
             var set = terminalSet(completion.id, .finished, at: at)
-            if let output = completion.output { set.merge(D.outputAttributes(output)) { $1 } }
-            return try await update(
-                completion.id, set: set, remove: ["owner", "lease"], condition: Self.owned, conditionNames: Self.ownedNames,
-                conditionValues: Self.ownedValues(owner)) != nil ? completion.id : nil
+            var remove = ["owner", "lease", "err"]
+            if let output = completion.output {
+                let attributes = D.outputAttributes(output)
+                set.merge(attributes) { $1 }
+                remove += ["out", "out_empty"].filter { attributes[$0] == nil }
+            } else {
+                remove += ["out", "out_empty"]
+            }
+            return try await update(completion.id, set: set, remove: remove, when: .held(by: owner, attempt: completion.attempt)) != nil
+                ? completion.id : nil
         }
         return Set(done.compactMap { $0 })
     }
 
     public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
-        try await applyFailures(
-            failures, at: at, condition: Self.owned, conditionNames: Self.ownedNames, conditionValues: Self.ownedValues(owner))
+        try await applyFailures(failures, at: at) { .held(by: owner, attempt: $0.attempt) }
+    }
+
+    /// Gives each current attempt back: `pending`, owner and lease removed, retries, error and
+    /// attempt as they are.
+    public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
+        let unique = Dictionary(attempts.map { ($0.id, $0.attempt) }, uniquingKeysWith: { $1 })
+        let released = try await Array(unique).concurrentMap(width: configuration.concurrency) { id, attempt -> TaskID? in
+            let answer = try await update(
+                id, set: ["st": D.s(TaskState.pending.rawValue)], remove: ["owner", "lease"], when: .held(by: owner, attempt: attempt))
+            return answer != nil ? id : nil
+        }
+        return Set(released.compactMap { $0 })
     }
 
     public func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState] {
-        try await applyFailures(
-            ids.map { TaskFailure(id: $0, message: "lease expired", retryable: true) }, at: now,
-            condition: "#c_st = :c_processing AND #c_lease < :c_now", conditionNames: ["#c_st": "st", "#c_lease": "lease"],
-            conditionValues: [":c_processing": D.s(TaskState.processing.rawValue), ":c_now": D.n(now)])
+        let expired = Guard(
+            "#c_st = :c_processing AND #c_lease < :c_now", names: ["#c_st": "st", "#c_lease": "lease"],
+            values: [":c_processing": D.s(TaskState.processing.rawValue), ":c_now": D.n(now)])
+        return try await applyFailures(ids.map { TaskFailure(id: $0, message: TaskRecord.leaseExpiredMessage, retryable: true) }, at: now) { _ in
+            expired
+        }
     }
 
     public func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID> {
@@ -314,44 +500,42 @@ public struct DynamoDBStateStore: StateStore {
         let failed = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { failure -> TaskID? in
             var set = terminalSet(failure.id, .failed, at: at)
             set["err"] = D.s(failure.message)
-            return try await update(
-                failure.id, set: set, remove: ["owner", "lease"], condition: Self.live, conditionNames: Self.liveNames,
-                conditionValues: Self.liveValues) != nil ? failure.id : nil
+            return try await update(failure.id, set: set, remove: ["owner", "lease"], when: .live) != nil ? failure.id : nil
         }
         return Set(failed.compactMap { $0 })
     }
 
     public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
         let before = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskState? in
-            let old = try await update(
-                id, set: terminalSet(id, .cancelled, at: at), remove: ["owner", "lease"], condition: Self.live,
-                conditionNames: Self.liveNames, conditionValues: Self.liveValues, returning: "ALL_OLD")
+            let old = try await update(id, set: terminalSet(id, .cancelled, at: at), remove: ["owner", "lease"], when: .live, returning: "ALL_OLD")
             return old.flatMap { D.string($0, "st") }.flatMap(TaskState.init(rawValue:))
         }
         return CancelCounts(pending: before.filter { $0 == .pending }.count, processing: before.filter { $0 == .processing }.count)
     }
 
     /// The grid's retry rule as two conditional writes: back to `pending` while `retries < maxr`
-    /// (for a retryable failure), else `failed`; neither applies when `condition` no longer holds.
-    private func applyFailures(
-        _ failures: [TaskFailure], at: Date, condition: String, conditionNames: [String: String], conditionValues: Item
-    ) async throws -> [TaskID: TaskState] {
+    /// (for a retryable failure), else `failed`; neither applies when the failure's guard no longer
+    /// holds.
+    private func applyFailures(_ failures: [TaskFailure], at: Date, guard guardOf: @escaping @Sendable (TaskFailure) -> Guard) async throws
+        -> [TaskID: TaskState]
+    {
         var unique: [TaskID: TaskFailure] = [:]
         for failure in failures where unique[failure.id] == nil { unique[failure.id] = failure }
         let outcomes = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { failure -> (TaskID, TaskState)? in
             let id = failure.id
+            let condition = guardOf(failure)
             if failure.retryable {
                 let retried = try await update(
-                    id,
-                    set: ["st": D.s(TaskState.pending.rawValue), "err": D.s(failure.message)],
-                    add: ["retries": D.n(1)], remove: ["owner", "lease"], condition: "\(condition) AND #c_retries < #c_maxr",
-                    conditionNames: conditionNames.merging(["#c_retries": "retries", "#c_maxr": "maxr"]) { $1 }, conditionValues: conditionValues)
+                    id, set: ["st": D.s(TaskState.pending.rawValue), "err": D.s(failure.message)], add: ["retries": D.n(1)],
+                    remove: ["owner", "lease"],
+                    when: Guard(
+                        "\(condition.expression) AND #c_retries < #c_maxr",
+                        names: condition.names.merging(["#c_retries": "retries", "#c_maxr": "maxr"]) { $1 }, values: condition.values))
                 if retried != nil { return (id, .pending) }
             }
             var set = terminalSet(id, .failed, at: at)
             set["err"] = D.s(failure.message)
-            let failed = try await update(
-                id, set: set, remove: ["owner", "lease"], condition: condition, conditionNames: conditionNames, conditionValues: conditionValues)
+            let failed = try await update(id, set: set, remove: ["owner", "lease"], when: condition)
             return failed != nil ? (id, .failed) : nil
         }
         return Dictionary(outcomes.compactMap { $0 }, uniquingKeysWith: { $1 })
@@ -361,14 +545,33 @@ public struct DynamoDBStateStore: StateStore {
         ["st": D.s(state.rawValue), "completed": D.n(at)]
     }
 
-    private static let owned = "#c_st = :c_processing AND #c_owner = :c_owner"
-    private static let ownedNames = ["#c_st": "st", "#c_owner": "owner"]
-    private static func ownedValues(_ owner: AgentID) -> Item {
-        [":c_processing": D.s(TaskState.processing.rawValue), ":c_owner": D.s(owner.rawValue)]
+    /// The condition of a transition, besides the task's existence.
+    private struct Guard: Sendable {
+        var expression: String
+        var names: [String: String]
+        var values: Item
+
+        init(_ expression: String, names: [String: String], values: Item) {
+            self.expression = expression
+            self.names = names
+            self.values = values
+        }
+
+        /// The current attempt of `owner` (fencing). Items written before attempts were counted have
+        /// none: they are attempt 0.
+        static func held(by owner: AgentID, attempt: Int) -> Guard {
+            let attemptCondition = attempt == 0 ? "(attribute_not_exists(#c_attempt) OR #c_attempt = :c_attempt)" : "#c_attempt = :c_attempt"
+            return Guard(
+                "#c_st = :c_processing AND #c_owner = :c_owner AND \(attemptCondition)",
+                names: ["#c_st": "st", "#c_owner": "owner", "#c_attempt": "attempt"],
+                values: [":c_processing": D.s(TaskState.processing.rawValue), ":c_owner": D.s(owner.rawValue), ":c_attempt": D.n(attempt)])
+        }
+
+        /// Not terminal.
+        static let live = Guard(
+            "#c_st IN (:c_pending, :c_processing)", names: ["#c_st": "st"],
+            values: [":c_pending": D.s(TaskState.pending.rawValue), ":c_processing": D.s(TaskState.processing.rawValue)])
     }
-    private static let live = "#c_st IN (:c_pending, :c_processing)"
-    private static let liveNames = ["#c_st": "st"]
-    private static let liveValues: Item = [":c_pending": D.s(TaskState.pending.rawValue), ":c_processing": D.s(TaskState.processing.rawValue)]
 
     // MARK: DynamoDB calls
 
@@ -376,11 +579,10 @@ public struct DynamoDBStateStore: StateStore {
     /// does not exist), else the returned attributes (`ALL_NEW` unless `returning` says otherwise).
     /// Meters the write units by the returned item's size (one when the condition failed).
     private func update(
-        _ id: TaskID, set: Item, add: Item = [:], remove: [String] = [], condition: String, conditionNames: [String: String],
-        conditionValues: Item, returning: String = "ALL_NEW"
+        _ id: TaskID, set: Item, add: Item = [:], remove: [String] = [], when condition: Guard, returning: String = "ALL_NEW"
     ) async throws -> Item? {
-        var names = conditionNames
-        var values = conditionValues
+        var names = condition.names
+        var values = condition.values
         var clauses: [String] = []
         var assignments: [String] = []
         for (offset, (name, value)) in set.sorted(by: { $0.key < $1.key }).enumerated() {
@@ -411,7 +613,7 @@ public struct DynamoDBStateStore: StateStore {
                 "UpdateItem",
                 [
                     "Key": .object(D.key(id, shards: configuration.taskShards)), "UpdateExpression": .string(clauses.joined(separator: " ")),
-                    "ConditionExpression": .string("attribute_exists(pk) AND \(condition)"), "ExpressionAttributeNames": .object(names.mapValues { .string($0) }),
+                    "ConditionExpression": .string("attribute_exists(pk) AND \(condition.expression)"), "ExpressionAttributeNames": .object(names.mapValues { .string($0) }),
                     "ExpressionAttributeValues": .object(values), "ReturnValues": .string(returning),
                 ], resource: "task \(id)")
             let item = answer["Attributes"]?.object ?? [:]
@@ -423,10 +625,11 @@ public struct DynamoDBStateStore: StateStore {
         }
     }
 
-    /// Meters one write on the table: one unit per KiB of the item, at least one (the table has no
-    /// secondary index to write).
-    private func meterWrite(item: Item?) {
-        client.meter.addWriteUnits(table: Double(Swift.max(1, ((item.map(D.size) ?? 0) + 1_023) / 1_024)), indexes: 0)
+    /// Meters one write on the table: one unit per KiB of the item, at least one, twice that within a
+    /// transaction (the table has no secondary index to write).
+    private func meterWrite(item: Item?, transactional: Bool = false) {
+        let units = Swift.max(1, ((item.map(D.size) ?? 0) + 1_023) / 1_024) * (transactional ? 2 : 1)
+        client.meter.addWriteUnits(table: Double(units), indexes: 0)
     }
 
     private func getItem(_ key: Item, resource: String) async throws -> Item? {
@@ -515,21 +718,44 @@ public struct DynamoDBStateStore: StateStore {
         return ((answer["Items"]?.array ?? []).map(\.object), answer["LastEvaluatedKey"])
     }
 
-    /// One DynamoDB call on the table; the write capacity DynamoDB reports is metered too.
+    /// One DynamoDB call on the table; the write capacity DynamoDB reports is metered too. A write
+    /// that DynamoDB refused because a transaction on the same item was under way did nothing, so it
+    /// is sent again, with backoff, as throttling is.
     private func call(_ action: String, _ body: JSON, resource: String, repeatability: AWSRepeatability = .safe) async throws -> JSON {
         var request = body.object
-        if action != "BatchGetItem" && action != "BatchWriteItem" { request["TableName"] = .string(table) }
-        if ["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"].contains(action) { request["ReturnConsumedCapacity"] = "TOTAL" }
-        let answer = try await client.json("DynamoDB_20120810", action, .object(request), resource: resource, repeatability: repeatability)
-        let consumed = answer["ConsumedCapacity"]
-        for entry in consumed?.array ?? (consumed.map { [$0] } ?? []) {
-            if let units = entry["CapacityUnits"], case .double(let value) = units {
-                client.meter.addReportedWriteUnits(value)
-            } else if let units = entry["CapacityUnits"]?.int {
-                client.meter.addReportedWriteUnits(Double(units))
-            }
+        if !["BatchGetItem", "BatchWriteItem", "TransactWriteItems"].contains(action) { request["TableName"] = .string(table) }
+        if ["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"].contains(action) {
+            request["ReturnConsumedCapacity"] = "TOTAL"
         }
-        return answer
+        var attempt = 0
+        while true {
+            attempt += 1
+            let answer: JSON
+            do {
+                answer = try await client.json("DynamoDB_20120810", action, .object(request), resource: resource, repeatability: repeatability)
+            } catch let error as GridError
+                where (error.underlying as? AWSServiceError)?.code == "TransactionConflictException" && attempt < client.retry.maxAttempts
+            {
+                try await Task.sleep(for: client.retry.backoff(retry: attempt, random: Double.random(in: 0..<1)))
+                continue
+            }
+            let consumed = answer["ConsumedCapacity"]
+            for entry in consumed?.array ?? (consumed.map { [$0] } ?? []) {
+                if let units = entry["CapacityUnits"], case .double(let value) = units {
+                    client.meter.addReportedWriteUnits(value)
+                } else if let units = entry["CapacityUnits"]?.int {
+                    client.meter.addReportedWriteUnits(Double(units))
+                }
+            }
+            return answer
+        }
+    }
+
+    /// Whether a `TransactWriteItems` was cancelled (a condition failed, or a concurrent transaction
+    /// on one of its items): nothing was written.
+    private static func transactionCanceled(_ error: GridError) -> Bool {
+        let code = (error.underlying as? AWSServiceError)?.code
+        return code == "TransactionCanceledException" || code == "TransactionConflictException"
     }
 
     private static func conditionFailed(_ error: GridError) -> Bool {

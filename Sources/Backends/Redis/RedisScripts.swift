@@ -208,10 +208,11 @@ enum RedisScripts {
     /// A task record is one string, a MessagePack array (``RedisTaskCodec``): `load` and `save` turn it
     /// into a Lua table and back with Redis' `cmsgpack`; `false` marks an absent value. Positions:
     /// S state, O owner, L lease expiry, R retries, M max retries, E last error, C completed, ST
-    /// started, OUT output, CT claim token.
+    /// started, OUT output, CT claim token, A attempt. Each transition translates one rule of
+    /// GridKernel's TaskRules.swift; `held` is its fencing: processing, same owner, same attempt.
     private static let prelude = """
         local base = KEYS[1]
-        local S, O, L, R, M, ST, C, E, OUT, CT = 1, 2, 3, 4, 5, 9, 10, 11, 12, 13
+        local S, O, L, R, M, ST, C, E, OUT, CT, A = 1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 14
         local function tkey(i) return base..':t:'..i end
         local function load(i)
           local v = redis.call('GET', tkey(i))
@@ -247,6 +248,9 @@ enum RedisScripts {
           return 'failed'
         end
         local function live(s) return s == 'pending' or s == 'processing' end
+        local function held(t, owner, attempt)
+          return t and t[S] == 'processing' and t[O] == owner and (t[A] or 0) == tonumber(attempt)
+        end
         local function bulk(command, key, list)
           if #list > 0 then redis.call(command, key, unpack(list)) end
         end
@@ -273,21 +277,45 @@ enum RedisScripts {
         return 1
         """)
 
-    /// ARGV: count. Returns the new task count, -1 for an unknown session, -2 for a cancelled one.
-    static let reserve = RedisScript(name: "state.reserve", source: prelude + """
+    /// ARGV: key, count, "sent|state|version|created|updated". Returns {1, stored} when the session has a
+    /// submission with this key (nothing reserved), {0, stored} when it reserved the indices and stored
+    /// the submission as "first|count|sent|state|version|created|updated", {-1} for an unknown session,
+    /// {-2} for a cancelled one.
+    static let beginSubmission = RedisScript(name: "state.beginSubmission", source: prelude + """
+        local subs = base..':subs'
+        local existing = redis.call('HGET', subs, ARGV[1])
+        if existing then return {1, existing} end
         local info = base..':info'
         local c = redis.call('HGET', info, 'cancelled')
-        if not c then return -1 end
-        if c == '1' then return -2 end
+        if not c then return {-1} end
+        if c == '1' then return {-2} end
         -- A session kept for its retention period takes tasks again: its keys no longer expire.
         if redis.call('TTL', info) >= 0 then
           redis.call('PERSIST', info)
           redis.call('PERSIST', base..':leases')
+          redis.call('PERSIST', subs)
           for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
             redis.call('PERSIST', base..':state:'..state)
           end
         end
-        return redis.call('HINCRBY', info, 'count', ARGV[1])
+        local count = tonumber(ARGV[2])
+        local last = redis.call('HINCRBY', info, 'count', count)
+        local stored = (last - count)..'|'..ARGV[2]..'|'..ARGV[3]
+        redis.call('HSET', subs, ARGV[1], stored)
+        return {0, stored}
+        """)
+
+    /// ARGV: key, expected version, "first|count|sent|state|version|created|updated". Replaces the
+    /// submission if its stored version (the fifth field) is the expected one. Returns 1 if it did.
+    static let updateSubmission = RedisScript(name: "state.updateSubmission", source: prelude + """
+        local subs = base..':subs'
+        local stored = redis.call('HGET', subs, ARGV[1])
+        if not stored then return 0 end
+        local fields = {}
+        for field in string.gmatch(stored, '[^|]+') do fields[#fields + 1] = field end
+        if fields[5] ~= ARGV[2] then return 0 end
+        redis.call('HSET', subs, ARGV[1], ARGV[3])
+        return 1
         """)
 
     /// Whether a session is complete: every reserved index has a terminal task. Returns 1 when it is
@@ -325,6 +353,7 @@ enum RedisScripts {
         if terminal < count then return 0 end
         redis.call('EXPIRE', info, ARGV[1])
         redis.call('EXPIRE', base..':leases', ARGV[1])
+        redis.call('EXPIRE', base..':subs', ARGV[1])
         for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
           redis.call('EXPIRE', base..':state:'..state, ARGV[1])
         end
@@ -352,30 +381,38 @@ enum RedisScripts {
         return created
         """)
 
-    /// ARGV: owner, lease expiry, now, call token, indices…. Returns pairs (index, packed record of
+    /// ARGV: owner, lease expiry, now, claim token, indices…. Returns pairs (index, packed record of
     /// the claimed task, as it is after the claim).
     ///
-    /// Idempotent: a task keeps the token of the call that claimed it (position CT), so the same call sent
-    /// again after a broken connection wins the tasks it had won; any other call does not.
+    /// A pending, unowned task starts a new attempt. Idempotent: a task keeps the token of the call that
+    /// claimed it (position CT), so the same call sent again after a broken connection wins the tasks it
+    /// had won, unchanged; any other call does not.
     static let claim = RedisScript(name: "state.claim", source: prelude + """
         local owner, lease, now, call = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
         local out, won, processing, leases = {}, {}, {}, {}
         for n = 5, #ARGV do
           local i = ARGV[n]
-          local t = load(i)
-          if t and ((t[S] == 'pending' and not t[O]) or (t[S] == 'processing' and t[O] == owner and t[CT] == call)) then
-            t[S] = 'processing'
-            t[O] = owner
-            t[L] = lease
-            t[ST] = now
-            t[CT] = call
-            won[#won + 1] = i
-            processing[#processing + 1] = i
-            processing[#processing + 1] = i
-            leases[#leases + 1] = lease
-            leases[#leases + 1] = i
-            out[#out + 1] = i
-            out[#out + 1] = save(i, t)
+          local v = redis.call('GET', tkey(i))
+          if v then
+            local t = cmsgpack.unpack(v)
+            if t[S] == 'processing' and t[O] == owner and t[CT] == call then
+              out[#out + 1] = i
+              out[#out + 1] = v
+            elseif t[S] == 'pending' and not t[O] then
+              t[S] = 'processing'
+              t[O] = owner
+              t[L] = lease
+              t[ST] = now
+              t[CT] = call
+              t[A] = (t[A] or 0) + 1
+              won[#won + 1] = i
+              processing[#processing + 1] = i
+              processing[#processing + 1] = i
+              leases[#leases + 1] = lease
+              leases[#leases + 1] = i
+              out[#out + 1] = i
+              out[#out + 1] = save(i, t)
+            end
           end
         end
         bulk('ZREM', base..':state:pending', won)
@@ -384,14 +421,14 @@ enum RedisScripts {
         return out
         """)
 
-    /// ARGV: owner, lease expiry, indices…. Returns the indices still owned.
+    /// ARGV: owner, lease expiry, pairs (index, attempt). Returns the indices still held.
     static let heartbeat = RedisScript(name: "state.heartbeat", source: prelude + """
         local owner, lease = ARGV[1], ARGV[2]
         local out, leases = {}, {}
-        for n = 3, #ARGV do
+        for n = 3, #ARGV, 2 do
           local i = ARGV[n]
           local t = load(i)
-          if t and t[S] == 'processing' and t[O] == owner then
+          if held(t, owner, ARGV[n + 1]) then
             t[L] = lease
             save(i, t)
             leases[#leases + 1] = lease
@@ -403,19 +440,44 @@ enum RedisScripts {
         return out
         """)
 
-    /// ARGV: owner, at, triples (index, has output "1"/"0", output). Returns the indices finished.
+    /// ARGV: owner, pairs (index, attempt). Puts the held attempts back to pending (no retry charged).
+    /// Returns the indices released.
+    static let releaseTasks = RedisScript(name: "state.release", source: prelude + """
+        local owner = ARGV[1]
+        local out, pending = {}, {}
+        for n = 2, #ARGV, 2 do
+          local i = ARGV[n]
+          local t = load(i)
+          if held(t, owner, ARGV[n + 1]) then
+            t[S] = 'pending'
+            t[O] = false
+            t[L] = false
+            save(i, t)
+            pending[#pending + 1] = i
+            pending[#pending + 1] = i
+            out[#out + 1] = i
+          end
+        end
+        bulk('ZREM', base..':leases', out)
+        bulk('ZREM', base..':state:processing', out)
+        bulk('ZADD', base..':state:pending', pending)
+        return out
+        """)
+
+    /// ARGV: owner, at, quadruples (index, attempt, has output "1"/"0", output). Returns the indices finished.
     static let finish = RedisScript(name: "state.finish", source: prelude + """
         local owner, at = ARGV[1], ARGV[2]
         local out, finished = {}, {}
-        for n = 3, #ARGV, 3 do
+        for n = 3, #ARGV, 4 do
           local i = ARGV[n]
           local t = load(i)
-          if t and t[S] == 'processing' and t[O] == owner then
+          if held(t, owner, ARGV[n + 1]) then
             t[S] = 'finished'
             t[C] = at
             t[O] = false
             t[L] = false
-            if ARGV[n + 1] == '1' then t[OUT] = ARGV[n + 2] else t[OUT] = false end
+            t[E] = false
+            if ARGV[n + 2] == '1' then t[OUT] = ARGV[n + 3] else t[OUT] = false end
             save(i, t)
             finished[#finished + 1] = i
             finished[#finished + 1] = i
@@ -428,16 +490,17 @@ enum RedisScripts {
         return out
         """)
 
-    /// ARGV: owner, at, triples (index, message, retryable "1"/"0"). Returns pairs (index, new state).
+    /// ARGV: owner, at, quadruples (index, attempt, message, retryable "1"/"0"). Returns pairs (index,
+    /// new state).
     static let fail = RedisScript(name: "state.fail", source: prelude + """
         local owner, at = ARGV[1], ARGV[2]
         local out = {}
-        for n = 3, #ARGV, 3 do
+        for n = 3, #ARGV, 4 do
           local i = ARGV[n]
           local t = load(i)
-          if t and t[S] == 'processing' and t[O] == owner then
+          if held(t, owner, ARGV[n + 1]) then
             out[#out + 1] = i
-            out[#out + 1] = afterFailure(i, t, ARGV[n + 1], ARGV[n + 2] == '1', at)
+            out[#out + 1] = afterFailure(i, t, ARGV[n + 2], ARGV[n + 3] == '1', at)
           end
         end
         return out
@@ -528,7 +591,7 @@ enum RedisScripts {
           end
         end
         if removed < limit then
-          redis.call('DEL', info, base..':leases')
+          redis.call('DEL', info, base..':leases', base..':subs')
           return {removed, 1}
         end
         return {removed, 0}

@@ -77,23 +77,141 @@ public struct RedisStateStore: StateStore {
         return Page(items: items, next: listed.count > limit ? ids.last?.rawValue : nil)
     }
 
-    /// Reserves consecutive task indices.
+    /// Begins a submission: one script reserves the indices and stores the submission in the session's
+    /// `subs` hash, or returns the one with the same key. The submission is also named in the grid-wide
+    /// sorted set `prefix:submissions` (scored by its last update) while it is open or repairing, which
+    /// is how ``stalledSubmissions(before:limit:)`` finds it; the set is written around the script so
+    /// that a crash leaves at most a stale name (dropped by the next look), never a missing one.
     ///
     /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/conflict`` for a cancelled session;
     ///   ``GridError/Code/invalidArgument`` for a negative count; ``GridError/Code/unavailable``.
-    public func reserveTaskIndices(_ session: SessionID, count: Int) async throws -> Range<Int> {
-        guard count >= 0 else {
-            throw GridError.invalidArgument("count is \(count); it must not be negative", backend: Self.backend)
+    public func beginSubmission(_ submission: SubmissionRecord) async throws -> SubmissionRecord {
+        guard submission.count >= 0 else {
+            throw GridError.invalidArgument("count is \(submission.count); it must not be negative", backend: Self.backend)
         }
+        let member = Self.member(submission)
+        if submission.state.isActive {
+            _ = try await client.send([RedisCommand("ZADD", submissionsKey, "NX", RedisKeys.text(submission.updatedAt), member)], idempotent: true)[0]
+                .checked()
+        }
+        let tail = Self.encode(submission).split(separator: "|", maxSplits: 2).last.map(String.init) ?? ""
         let reply = try await client.run([
-            RedisScriptCall(script: RedisScripts.reserve, keys: [base(session)], arguments: [RedisKeys.bytes(count)])
-        ])[0]
-        switch reply.int {
-        case -1: throw GridError.notFound("session '\(session)' does not exist", backend: Self.backend)
-        case -2: throw GridError(.conflict, "session '\(session)' was cancelled; it takes no more tasks", backend: Self.backend)
-        case let end?: return (end - count)..<end
-        case nil: throw GridError(.internalError, "reserving indices returned \(reply)", backend: Self.backend)
+            RedisScriptCall(
+                script: RedisScripts.beginSubmission, keys: [base(submission.session)],
+                arguments: [Array(submission.key.rawValue.utf8), RedisKeys.bytes(submission.count), Array(tail.utf8)])
+        ])[0].elements
+        let stored: SubmissionRecord
+        let code: Int? = reply.first.flatMap { $0.int }
+        switch code {
+        case .some(-1):
+            try await forget(member)
+            throw GridError.notFound("session '\(submission.session)' does not exist", backend: Self.backend)
+        case .some(-2):
+            try await forget(member)
+            throw GridError(.conflict, "session '\(submission.session)' was cancelled; it takes no more tasks", backend: Self.backend)
+        case .some(0), .some(1):
+            guard reply.count == 2, let text = reply[1].string, let record = Self.decode(text, session: submission.session, key: submission.key) else {
+                throw GridError(.internalError, "beginning a submission returned \(reply)", backend: Self.backend)
+            }
+            stored = record
+        default:
+            throw GridError(.internalError, "beginning a submission returned \(reply)", backend: Self.backend)
         }
+        if !stored.state.isActive { try await forget(member) }
+        return stored
+    }
+
+    /// Replaces a submission if its stored version is `expectedVersion` (one script), then moves or
+    /// removes its name in `prefix:submissions`.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func updateSubmission(_ submission: SubmissionRecord, expectedVersion: Int) async throws -> Bool {
+        let reply = try await client.run([
+            RedisScriptCall(
+                script: RedisScripts.updateSubmission, keys: [base(submission.session)],
+                arguments: [Array(submission.key.rawValue.utf8), RedisKeys.bytes(expectedVersion), Array(Self.encode(submission).utf8)])
+        ])[0]
+        guard reply.int == 1 else { return false }
+        let member = Self.member(submission)
+        if submission.state.isActive {
+            _ = try await client.send([RedisCommand("ZADD", submissionsKey, RedisKeys.text(submission.updatedAt), member)], idempotent: true)[0]
+                .checked()
+        } else {
+            try await forget(member)
+        }
+        return true
+    }
+
+    /// The open and repairing submissions last updated before `date`, oldest first: names from
+    /// `prefix:submissions` by score, each checked against its record (stale names are dropped or
+    /// re-scored on the way).
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func stalledSubmissions(before date: Date, limit: Int) async throws -> [SubmissionRecord] {
+        guard limit > 0 else { return [] }
+        var found: [SubmissionRecord] = []
+        var offset = 0
+        let page = max(100, limit * 2)
+        while found.count < limit {
+            let members = try await client.send([
+                RedisCommand("ZRANGEBYSCORE", submissionsKey, "-inf", "(" + RedisKeys.text(date), "LIMIT", String(offset), String(page))
+            ], idempotent: true)[0].checked().elements.compactMap(\.string)
+            guard !members.isEmpty else { break }
+            let named = members.compactMap(Self.parse(member:))
+            let replies = try await client.send(named.map { RedisCommand("HGET", base($0.session) + ":subs", $0.key.rawValue) }, idempotent: true)
+            var stale: [String] = []
+            var rescored: [(String, Date)] = []
+            for (name, reply) in zip(named, replies) {
+                let member = "\(name.session.rawValue) \(name.key.rawValue)"
+                guard let text = try reply.checked().string, let record = Self.decode(text, session: name.session, key: name.key), record.state.isActive
+                else {
+                    stale.append(member)
+                    continue
+                }
+                if record.updatedAt < date { found.append(record) } else { rescored.append((member, record.updatedAt)) }
+            }
+            for member in stale { try await forget(member) }
+            for (member, updated) in rescored {
+                _ = try await client.send([RedisCommand("ZADD", submissionsKey, RedisKeys.text(updated), member)], idempotent: true)[0].checked()
+            }
+            offset += members.count - stale.count - rescored.count
+            if members.count < page { break }
+        }
+        found.sort { ($0.updatedAt, $0.session, $0.key) < ($1.updatedAt, $1.session, $1.key) }
+        return Array(found.prefix(limit))
+    }
+
+    private var submissionsKey: String { prefix + ":submissions" }
+
+    private func forget(_ member: String) async throws {
+        _ = try await client.send([RedisCommand("ZREM", submissionsKey, member)], idempotent: true)[0].checked()
+    }
+
+    /// `<session> <key>`: a submission's name in `prefix:submissions` (neither holds a space).
+    private static func member(_ submission: SubmissionRecord) -> String { "\(submission.session.rawValue) \(submission.key.rawValue)" }
+
+    private static func parse(member: String) -> (session: SessionID, key: SubmissionKey)? {
+        let parts = member.split(separator: " ", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let session = try? SessionID(parts[0]), let key = try? SubmissionKey(parts[1]) else { return nil }
+        return (session, key)
+    }
+
+    /// `first|count|sent|state|version|created|updated`.
+    static func encode(_ submission: SubmissionRecord) -> String {
+        [
+            String(submission.first), String(submission.count), String(submission.sent), submission.state.rawValue, String(submission.version),
+            RedisKeys.text(submission.createdAt), RedisKeys.text(submission.updatedAt),
+        ].joined(separator: "|")
+    }
+
+    static func decode(_ text: String, session: SessionID, key: SubmissionKey) -> SubmissionRecord? {
+        let fields = text.split(separator: "|").map(String.init)
+        guard fields.count == 7, let first = Int(fields[0]), let count = Int(fields[1]), let sent = Int(fields[2]),
+            let state = SubmissionState(rawValue: fields[3]), let version = Int(fields[4]), let created = RedisKeys.date(fields[5]),
+            let updated = RedisKeys.date(fields[6])
+        else { return nil }
+        return SubmissionRecord(
+            session: session, key: key, first: first, count: count, sent: sent, state: state, version: version, createdAt: created, updatedAt: updated)
     }
 
     /// Marks the session cancelled and cancels its pending and processing tasks.
@@ -150,26 +268,34 @@ public struct RedisStateStore: StateStore {
         _ = try await run(calls, idempotent: true)
     }
 
-    /// Claims the pending, unowned tasks.
+    /// Claims the pending, unowned tasks, each starting a new attempt; the same call sent again (same
+    /// owner and token) gets back what it won.
     ///
     /// - Throws: ``GridError/Code/unavailable``.
-    public func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
-        let token = Array(String(UInt64.random(in: 0...UInt64.max), radix: 36).utf8)
-        let head = [Array(owner.rawValue.utf8), RedisKeys.bytes(leaseExpiry), RedisKeys.bytes(now), token]
-        let calls = chunked(ids, by: \.self) { (RedisScripts.claim, head + $0.map { RedisKeys.bytes($0.index) }) }
+    public func claim(_ ids: [TaskID], owner: AgentID, token: ClaimToken, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
+        let head = [Array(owner.rawValue.utf8), RedisKeys.bytes(leaseExpiry), RedisKeys.bytes(now), Array(token.rawValue.utf8)]
+        let calls = chunked(Self.unique(ids), by: \.self) { (RedisScripts.claim, head + $0.map { RedisKeys.bytes($0.index) }) }
         return try await records(calls, idempotent: true)
     }
 
-    /// Moves the lease expiry of the tasks `owner` still runs.
+    /// Moves the lease expiry of the current attempts `owner` holds.
     ///
     /// - Throws: ``GridError/Code/unavailable``.
-    public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
+    public func heartbeat(_ attempts: [TaskAttempt], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
         let head = [Array(owner.rawValue.utf8), RedisKeys.bytes(leaseExpiry)]
-        let calls = chunked(ids, by: \.self) { (RedisScripts.heartbeat, head + $0.map { RedisKeys.bytes($0.index) }) }
+        let calls = chunked(attempts, by: \.id) { (RedisScripts.heartbeat, head + Self.pairs($0)) }
         return try await indices(calls, idempotent: true)
     }
 
-    /// Finishes the tasks `owner` still runs.
+    /// Gives back the current attempts `owner` holds, unrun.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
+        let calls = chunked(attempts, by: \.id) { (RedisScripts.releaseTasks, [Array(owner.rawValue.utf8)] + Self.pairs($0)) }
+        return try await indices(calls)
+    }
+
+    /// Finishes the current attempts `owner` holds.
     ///
     /// - Throws: ``GridError/Code/unavailable``.
     public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
@@ -178,6 +304,7 @@ public struct RedisStateStore: StateStore {
             var arguments = head
             for item in items {
                 arguments.append(RedisKeys.bytes(item.id.index))
+                arguments.append(RedisKeys.bytes(item.attempt))
                 arguments.append(item.output == nil ? [UInt8(ascii: "0")] : [UInt8(ascii: "1")])
                 arguments.append(item.output ?? [])
             }
@@ -188,7 +315,7 @@ public struct RedisStateStore: StateStore {
         return finished
     }
 
-    /// Records failed runs of the tasks `owner` still runs, by the retry rule.
+    /// Records failed runs of the current attempts `owner` holds, by the retry rule.
     ///
     /// - Throws: ``GridError/Code/unavailable``.
     public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
@@ -197,6 +324,7 @@ public struct RedisStateStore: StateStore {
             var arguments = head
             for item in items {
                 arguments.append(RedisKeys.bytes(item.id.index))
+                arguments.append(RedisKeys.bytes(item.attempt))
                 arguments.append(Array(item.message.utf8))
                 arguments.append(item.retryable ? [UInt8(ascii: "1")] : [UInt8(ascii: "0")])
             }
@@ -205,6 +333,22 @@ public struct RedisStateStore: StateStore {
         let states = try await states(calls)
         if states.values.contains(.failed) { await retire(failures.map(\.id.session)) }
         return states
+    }
+
+    /// (index, attempt) arguments.
+    private static func pairs(_ attempts: [TaskAttempt]) -> [[UInt8]] {
+        var arguments: [[UInt8]] = []
+        arguments.reserveCapacity(attempts.count * 2)
+        for attempt in attempts {
+            arguments.append(RedisKeys.bytes(attempt.id.index))
+            arguments.append(RedisKeys.bytes(attempt.attempt))
+        }
+        return arguments
+    }
+
+    private static func unique(_ ids: [TaskID]) -> [TaskID] {
+        var seen = Set<TaskID>()
+        return ids.filter { seen.insert($0).inserted }
     }
 
     /// Reaps the tasks whose lease expired before `now`.
@@ -261,6 +405,20 @@ public struct RedisStateStore: StateStore {
         return record
     }
 
+    /// Reads the tasks that exist among `ids`: their `GET`s pipelined in one round trip.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func tasks(_ ids: [TaskID]) async throws -> [TaskRecord] {
+        let unique = Self.unique(ids)
+        guard !unique.isEmpty else { return [] }
+        let replies = try await client.send(unique.map { RedisCommand("GET", base($0.session) + ":t:\($0.index)") }, idempotent: true)
+        var records: [TaskRecord] = []
+        for (id, reply) in zip(unique, replies) {
+            if let record = try Self.record(id, try reply.checked()) { records.append(record) }
+        }
+        return records
+    }
+
     /// Counts a session's tasks by state (five `ZCARD`s in one round trip).
     ///
     /// - Throws: ``GridError/Code/unavailable``.
@@ -313,7 +471,7 @@ public struct RedisStateStore: StateStore {
     /// With a retention period, sets the expiry of every key of each session that is now complete
     /// (every reserved index terminal): task records 10,000 per script call, then the session's info
     /// and indexes, which a submission arriving meanwhile keeps alive (the last script checks again,
-    /// and `reserveTaskIndices` removes expiries). Best effort: a failure here leaves the keys in place
+    /// and `beginSubmission` removes expiries). Best effort: a failure here leaves the keys in place
     /// (nothing is lost) and the next transition of the session tries again.
     private func retire(_ sessions: [SessionID]) async {
         guard let retention = client.settings.retention else { return }

@@ -13,13 +13,14 @@ import GridKernel
 /// Positions (1-based, as in Lua): 1 state, 2 owner, 3 lease expiry, 4 retries, 5 max retries,
 /// 6 priority, 7 timeout (seconds), 8 submitted, 9 started, 10 completed (dates as seconds since 1970,
 /// in text that reads back to the same `Double`), 11 last error, 12 inline output, 13 the token of the
-/// claim call. An absent value is `false` (Lua tables cannot hold `nil` in an array). Numbers are
+/// claim call that started the current attempt, 14 the attempt (records written before attempts were
+/// numbered have 13 positions: attempt 0). An absent value is `false` (Lua tables cannot hold `nil` in an array). Numbers are
 /// MessagePack integers; text and bytes are MessagePack strings (Lua strings are byte strings).
 enum RedisTaskCodec {
     /// The number of positions.
-    static let count = 13
+    static let count = 14
 
-    /// The packed record of a new task (no claim token).
+    /// The packed record of a task.
     static func encode(_ record: TaskRecord) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(96 + (record.output?.count ?? 0) + (record.lastError?.utf8.count ?? 0))
@@ -36,7 +37,8 @@ enum RedisTaskCodec {
         appendString(record.completedAt.map(RedisKeys.bytes), to: &out)
         appendString(record.lastError.map { Array($0.utf8) }, to: &out)
         appendString(record.output, to: &out)
-        appendString(nil, to: &out)
+        appendString(record.claimToken.map { Array($0.rawValue.utf8) }, to: &out)
+        appendInteger(record.attempt, to: &out)
         return out
     }
 
@@ -59,7 +61,9 @@ enum RedisTaskCodec {
             priority: fields[5].integer ?? 0,
             timeout: fields[6].text.flatMap(Double.init).map { Duration(timeInterval: $0) }, submittedAt: submitted,
             startedAt: RedisKeys.date(fields[8].text), completedAt: RedisKeys.date(fields[9].text),
-            lastError: fields[10].text, output: fields[11].bytes
+            lastError: fields[10].text, output: fields[11].bytes,
+            attempt: fields.count > 13 ? fields[13].integer ?? 0 : 0,
+            claimToken: fields.count > 12 ? fields[12].text.flatMap { try? ClaimToken($0) } : nil
         )
     }
 

@@ -16,7 +16,9 @@ import GRDB
 //     B-tree search, and the tasks of a session are stored together in index order.
 //     state is the TaskState raw value ('pending', 'processing', 'finished', 'failed', 'cancelled');
 //     owner and lease_expiry are set only while 'processing'; output holds an inline output of a
-//     finished task. Every transition is one `UPDATE … WHERE <expected state/owner>`.
+//     finished task; attempt counts the claims and claim_token is the token of the claim call that
+//     started the current one (v2). Every transition is one `UPDATE … WHERE <expected state, owner
+//     and attempt>`, translating the rules of GridKernel's TaskRules.swift.
 //   task_by_state (session, state, idx): counts per state and paging through one state in index
 //     order are range scans of this index (the primary key columns come with it, so it covers counts).
 //   task_lease (lease_expiry) WHERE state = 'processing': a partial index holding only running
@@ -41,6 +43,13 @@ import GRDB
 //
 // dead_letter — messages given up on after `maxDeliveries` deliveries, drained by the reaper:
 //     id INTEGER PRIMARY KEY (order of arrival), session, idx, reason.
+//
+// submission — one row per submission (v2): PRIMARY KEY (session, key) (the idempotency key), the
+//     reserved range (first, count), sent (tasks written with their messages), state ('open',
+//     'repairing', 'complete', 'repaired'), version (updates are conditional on it), created_at,
+//     updated_at.
+//   submission_active (updated_at) WHERE state IN ('open', 'repairing'): the reaper finds stalled
+//     submissions without reading complete ones.
 //
 // payload — key TEXT PRIMARY KEY, value BLOB (SQLitePayloadStore).
 //
@@ -112,6 +121,32 @@ enum SQLiteSchema {
                     key   TEXT NOT NULL PRIMARY KEY,
                     value BLOB NOT NULL
                 );
+                """)
+        }
+        // Attempt fencing and submission journals: every claim numbers an attempt (and keeps the
+        // claim call's token), and every submission keeps its reserved indices and progress.
+        migrator.registerMigration("v2") { db in
+            let columns = try db.columns(in: "task").map(\.name)
+            if !columns.contains("attempt") {
+                try db.execute(sql: "ALTER TABLE task ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
+            }
+            if !columns.contains("claim_token") {
+                try db.execute(sql: "ALTER TABLE task ADD COLUMN claim_token TEXT")
+            }
+            try db.execute(sql: """
+                CREATE TABLE IF NOT EXISTS submission (
+                    session    TEXT NOT NULL,
+                    key        TEXT NOT NULL,
+                    first      INTEGER NOT NULL,
+                    count      INTEGER NOT NULL,
+                    sent       INTEGER NOT NULL,
+                    state      TEXT NOT NULL,
+                    version    INTEGER NOT NULL,
+                    created_at REAL NOT NULL,
+                    updated_at REAL NOT NULL,
+                    PRIMARY KEY (session, key)
+                ) WITHOUT ROWID;
+                CREATE INDEX IF NOT EXISTS submission_active ON submission (updated_at) WHERE state IN ('open', 'repairing');
                 """)
         }
         return migrator

@@ -75,27 +75,78 @@ public struct SQLiteStateStore: StateStore {
         return Page(items: items, next: items.last?.id.rawValue)
     }
 
-    /// Reserves `count` consecutive indices with one `UPDATE … RETURNING`.
+    /// Begins a submission in one write transaction: returns the session's submission with the same
+    /// key if there is one, else reserves the indices with one `UPDATE … RETURNING` and inserts the
+    /// submission.
     ///
     /// - Throws: ``GridError/Code/invalidArgument`` for a negative count; ``GridError/Code/notFound``
     ///   for an unknown session; ``GridError/Code/conflict`` if it was cancelled; ``GridError/Code/unavailable``.
-    public func reserveTaskIndices(_ session: SessionID, count: Int) async throws -> Range<Int> {
-        guard count >= 0 else {
-            throw GridError.invalidArgument("count is \(count); it must not be negative", backend: backend)
+    public func beginSubmission(_ submission: SubmissionRecord) async throws -> SubmissionRecord {
+        guard submission.count >= 0 else {
+            throw GridError.invalidArgument("count is \(submission.count); it must not be negative", backend: backend)
         }
         let backend = self.backend
-        return try await database.write("reserveTaskIndices") { db in
+        return try await database.write("beginSubmission") { db in
+            if let existing = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT \(Self.submissionColumns) FROM submission WHERE session = ? AND key = ?"),
+                arguments: [submission.session.rawValue, submission.key.rawValue])
+            {
+                return try Self.decodeSubmission(existing)
+            }
             let end = try Int.fetchOne(
                 db.cachedStatement(
                     sql: "UPDATE session SET task_count = task_count + ? WHERE id = ? AND cancelled = 0 RETURNING task_count"),
-                arguments: [count, session.rawValue])
-            if let end { return (end - count)..<end }
-            let exists = try Bool.fetchOne(
-                db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM session WHERE id = ?)"), arguments: [session.rawValue]) ?? false
-            if exists {
-                throw GridError(.conflict, "session \(session) was cancelled; submit to a new session", backend: backend)
+                arguments: [submission.count, submission.session.rawValue])
+            guard let end else {
+                let exists = try Bool.fetchOne(
+                    db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM session WHERE id = ?)"), arguments: [submission.session.rawValue]) ?? false
+                if exists {
+                    throw GridError(.conflict, "session \(submission.session) was cancelled; submit to a new session", backend: backend)
+                }
+                throw GridError.notFound("session \(submission.session) does not exist; create it first", backend: backend)
             }
-            throw GridError.notFound("session \(session) does not exist; create it first", backend: backend)
+            var stored = submission
+            stored.first = end - submission.count
+            try db.cachedStatement(
+                sql: "INSERT INTO submission (\(Self.submissionColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ).execute(arguments: Self.submissionArguments(stored))
+            return stored
+        }
+    }
+
+    /// Replaces a submission's progress if its stored version is `expectedVersion`.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func updateSubmission(_ submission: SubmissionRecord, expectedVersion: Int) async throws -> Bool {
+        try await database.write("updateSubmission") { db in
+            try db.cachedStatement(
+                sql: """
+                    UPDATE submission SET sent = ?, state = ?, version = ?, updated_at = ?
+                    WHERE session = ? AND key = ? AND version = ?
+                    """
+            ).execute(arguments: [
+                submission.sent, submission.state.rawValue, submission.version, submission.updatedAt.timeIntervalSince1970,
+                submission.session.rawValue, submission.key.rawValue, expectedVersion,
+            ])
+            return db.changesCount > 0
+        }
+    }
+
+    /// The open and repairing submissions last updated before `date`, oldest first, through the
+    /// partial index `submission_active`.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func stalledSubmissions(before date: Date, limit: Int) async throws -> [SubmissionRecord] {
+        guard limit > 0 else { return [] }
+        return try await database.read("stalledSubmissions") { db in
+            try Row.fetchAll(
+                db.cachedStatement(
+                    sql: """
+                        SELECT \(Self.submissionColumns) FROM submission
+                        WHERE state IN ('open', 'repairing') AND updated_at < ? ORDER BY updated_at, session, key LIMIT ?
+                        """),
+                arguments: [date.timeIntervalSince1970, limit]
+            ).map(Self.decodeSubmission)
         }
     }
 
@@ -120,53 +171,68 @@ public struct SQLiteStateStore: StateStore {
                 try db.cachedStatement(
                     sql: """
                         INSERT OR IGNORE INTO task (\(Self.taskColumns))
-                        SELECT ?, value, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL FROM json_each(?)
+                        SELECT ?, value, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ? FROM json_each(?)
                         """
                 ).execute(arguments: [
                     first.id.session.rawValue, first.state.rawValue, first.owner?.rawValue,
                     first.leaseExpiry?.timeIntervalSince1970, first.retries, first.maxRetries, first.priority,
                     first.timeout?.timeInterval, first.submittedAt.timeIntervalSince1970,
                     first.startedAt?.timeIntervalSince1970, first.completedAt?.timeIntervalSince1970, first.lastError,
-                    indices,
+                    first.attempt, first.claimToken?.rawValue, indices,
                 ])
             }
             return
         }
         try await database.write("createTasks") { db in
             let insert = try db.cachedStatement(
-                sql: "INSERT OR IGNORE INTO task (\(Self.taskColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS BLOB))")
+                sql: "INSERT OR IGNORE INTO task (\(Self.taskColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS BLOB), ?, ?)")
             for task in tasks {
                 try insert.execute(arguments: [
                     task.id.session.rawValue, task.id.index, task.state.rawValue, task.owner?.rawValue,
                     task.leaseExpiry?.timeIntervalSince1970, task.retries, task.maxRetries, task.priority,
                     task.timeout?.timeInterval, task.submittedAt.timeIntervalSince1970,
                     task.startedAt?.timeIntervalSince1970, task.completedAt?.timeIntervalSince1970, task.lastError,
-                    DatabaseValue.blob(task.output),
+                    DatabaseValue.blob(task.output), task.attempt, task.claimToken?.rawValue,
                 ])
             }
         }
     }
 
-    /// Claims the pending, unowned tasks among `ids` for `owner`.
+    /// Claims the pending, unowned tasks among `ids` for `owner`, each starting a new attempt; tasks
+    /// this very call (`owner` and `token`) already claimed are returned as they are.
     ///
     /// - Returns: the records of the tasks won, in the order of `ids`.
     /// - Throws: ``GridError/Code/unavailable``.
-    public func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
+    public func claim(_ ids: [TaskID], owner: AgentID, token: ClaimToken, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
         guard !ids.isEmpty else { return [] }
         return try await database.write("claim") { db in
             // One statement per session in the batch (usually one): the indices travel as a JSON array.
             let update = try db.cachedStatement(
                 sql: """
-                    UPDATE task SET state = 'processing', owner = ?, lease_expiry = ?, started_at = ?
+                    UPDATE task SET state = 'processing', owner = ?, lease_expiry = ?, started_at = ?, attempt = attempt + 1,
+                        claim_token = ?
                     WHERE session = ? AND idx IN (SELECT value FROM json_each(?)) AND state = 'pending' AND owner IS NULL
                     RETURNING \(Self.taskColumns)
+                    """)
+            let repeated = try db.cachedStatement(
+                sql: """
+                    SELECT \(Self.taskColumns) FROM task
+                    WHERE session = ? AND idx IN (SELECT value FROM json_each(?)) AND state = 'processing' AND owner = ?
+                        AND claim_token = ?
                     """)
             let expiry = leaseExpiry.timeIntervalSince1970
             let started = now.timeIntervalSince1970
             var won: [TaskID: TaskRecord] = [:]
             for (session, indices) in Self.bySession(ids) {
+                let list = Self.jsonArray(indices)
+                // The same call sent again after a lost reply: what it won is still its own.
+                let again = try Row.fetchCursor(repeated, arguments: [session.rawValue, list, owner.rawValue, token.rawValue])
+                while let row = try again.next() {
+                    let id = TaskID(session: session, index: row[1])
+                    won[id] = try Self.decodeTask(row, id: id)
+                }
                 let rows = try Row.fetchCursor(
-                    update, arguments: [owner.rawValue, expiry, started, session.rawValue, Self.jsonArray(indices)])
+                    update, arguments: [owner.rawValue, expiry, started, token.rawValue, session.rawValue, list])
                 while let row = try rows.next() {
                     let id = TaskID(session: session, index: row[1])
                     won[id] = try Self.decodeTask(row, id: id)
@@ -177,37 +243,57 @@ public struct SQLiteStateStore: StateStore {
         }
     }
 
-    /// Moves the lease expiry of the tasks among `ids` that are processing and owned by `owner`.
+    /// Moves the lease expiry of the current attempts `owner` holds.
     ///
-    /// - Returns: the tasks still owned.
+    /// - Returns: the tasks still held.
     /// - Throws: ``GridError/Code/unavailable``.
-    public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
-        guard !ids.isEmpty else { return [] }
-        let groups = Self.bySession(ids)
-        return try await database.write("heartbeat") { db in
+    public func heartbeat(_ attempts: [TaskAttempt], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
+        try await attemptTransition("heartbeat", attempts, owner: owner, set: "lease_expiry = ?4", leaseExpiry.timeIntervalSince1970)
+    }
+
+    /// Gives back the current attempts `owner` holds: pending again, owner and lease cleared, no retry.
+    ///
+    /// - Returns: the tasks released.
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
+        try await attemptTransition("release", attempts, owner: owner, set: "state = 'pending', owner = NULL, lease_expiry = NULL", nil)
+    }
+
+    /// One `UPDATE … SET <set>` of the attempts among `attempts` that are current and owned by `owner`,
+    /// per session; the (index, attempt) pairs travel as a JSON array. `?4` is `value`.
+    private func attemptTransition(
+        _ operation: String, _ attempts: [TaskAttempt], owner: AgentID, set: String, _ value: Double?
+    ) async throws -> Set<TaskID> {
+        guard !attempts.isEmpty else { return [] }
+        let groups = Self.bySession(attempts)
+        return try await database.write(operation) { db in
             let update = try db.cachedStatement(
                 sql: """
-                    UPDATE task SET lease_expiry = ?
-                    WHERE session = ? AND idx IN (SELECT value FROM json_each(?)) AND state = 'processing' AND owner = ?
-                    RETURNING idx
+                    WITH j(i, a) AS MATERIALIZED (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+                    UPDATE task SET \(set)
+                    FROM j
+                    WHERE task.session = ?2 AND task.idx = j.i AND task.attempt = j.a AND task.state = 'processing' AND task.owner = ?3
+                    RETURNING task.idx
                     """)
-            var owned = Set<TaskID>(minimumCapacity: ids.count)
-            let expiry = leaseExpiry.timeIntervalSince1970
-            for (session, indices) in groups {
-                let rows = try Int.fetchCursor(update, arguments: [expiry, session.rawValue, Self.jsonArray(indices), owner.rawValue])
-                while let index = try rows.next() { owned.insert(TaskID(session: session, index: index)) }
+            var held = Set<TaskID>(minimumCapacity: attempts.count)
+            for (session, batch) in groups {
+                var arguments: StatementArguments = [batch.text, session.rawValue, owner.rawValue]
+                if let value { arguments += [value] }
+                let rows = try Int.fetchCursor(update, arguments: arguments)
+                while let index = try rows.next() { held.insert(TaskID(session: session, index: index)) }
             }
-            return owned
+            return held
         }
     }
 
-    /// Marks the tasks that are processing and owned by `owner` finished, storing inline outputs.
+    /// Marks the current attempts `owner` holds finished, storing inline outputs and clearing the
+    /// last error.
     ///
     /// - Returns: the tasks that were finished.
     /// - Throws: ``GridError/Code/unavailable``.
     public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
         guard !completions.isEmpty else { return [] }
-        // Per session: the indices and the outputs (packed into one blob) travel in one statement.
+        // Per session: the indices, attempts and outputs (packed into one blob) travel in one statement.
         var groups: [(SessionID, SQLiteBatch)] = []
         for completion in completions {
             let session = completion.id.session
@@ -219,17 +305,18 @@ public struct SQLiteStateStore: StateStore {
             groups[position!].1.beginRow()
             groups[position!].1.int(completion.id.index)
             groups[position!].1.bytes(completion.output)
+            groups[position!].1.int(completion.attempt)
             groups[position!].1.endRow()
         }
         return try await database.write("finish") { [groups] db in
             // The materialised list drives the join, so each completion is one primary-key lookup.
             let update = try db.cachedStatement(
                 sql: """
-                    WITH j(i, o, l) AS MATERIALIZED (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1))
-                    UPDATE task SET state = 'finished', owner = NULL, lease_expiry = NULL, completed_at = ?2,
-                        output = CASE WHEN j.l < 0 THEN NULL ELSE substr(CAST(?3 AS BLOB), j.o, j.l) END
+                    WITH j(i, o, l, a) AS MATERIALIZED (SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1))
+                    UPDATE task SET state = 'finished', owner = NULL, lease_expiry = NULL, completed_at = ?2, last_error = NULL,
+                        output = CASE WHEN j.l < 0 THEN NULL WHEN j.l = 0 THEN x'' ELSE substr(CAST(?3 AS BLOB), j.o, j.l) END
                     FROM j
-                    WHERE task.session = ?4 AND task.idx = j.i AND task.state = 'processing' AND task.owner = ?5
+                    WHERE task.session = ?4 AND task.idx = j.i AND task.attempt = j.a AND task.state = 'processing' AND task.owner = ?5
                     RETURNING task.idx
                     """)
             var finished = Set<TaskID>(minimumCapacity: completions.count)
@@ -243,21 +330,21 @@ public struct SQLiteStateStore: StateStore {
         }
     }
 
-    /// Records failed runs of tasks that are processing and owned by `owner`, by the retry rule of
+    /// Records failed runs of the current attempts `owner` holds, by the retry rule of
     /// ``TaskRecord/afterFailure(message:retryable:at:)``, evaluated in SQL.
     ///
-    /// - Returns: the new state of each task that was still owned.
+    /// - Returns: the new state of each task that was still held.
     /// - Throws: ``GridError/Code/unavailable``.
     public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
         guard !failures.isEmpty else { return [:] }
         return try await database.write("fail") { db in
             let update = try db.cachedStatement(
-                sql: Self.failSQL(where: "session = ?5 AND idx = ?6 AND state = 'processing' AND owner = ?4"))
+                sql: Self.failSQL(where: "session = ?5 AND idx = ?6 AND state = 'processing' AND owner = ?4 AND attempt = ?7"))
             var states: [TaskID: TaskState] = [:]
             let date = at.timeIntervalSince1970
-            for failure in failures {
+            for failure in failures where states[failure.id] == nil {
                 let arguments: StatementArguments = [
-                    failure.retryable, date, failure.message, owner.rawValue, failure.id.session.rawValue, failure.id.index,
+                    failure.retryable, date, failure.message, owner.rawValue, failure.id.session.rawValue, failure.id.index, failure.attempt,
                 ]
                 let rows = try Row.fetchCursor(update, arguments: arguments)
                 while let row = try rows.next() {
@@ -322,7 +409,7 @@ public struct SQLiteStateStore: StateStore {
                     """)
             var failed = Set<TaskID>(minimumCapacity: failures.count)
             let date = at.timeIntervalSince1970
-            for failure in failures {
+            for failure in failures where !failed.contains(failure.id) {
                 try update.execute(arguments: [failure.message, date, failure.id.session.rawValue, failure.id.index])
                 if db.changesCount > 0 { failed.insert(failure.id) }
             }
@@ -339,7 +426,7 @@ public struct SQLiteStateStore: StateStore {
             let update = try db.cachedStatement(sql: Self.cancelSQL(scope: "session = ? AND idx = ?"))
             var counts = CancelCounts()
             let date = at.timeIntervalSince1970
-            for id in ids {
+            for id in Self.unique(ids) {
                 try update.execute(arguments: [date, id.session.rawValue, id.index, TaskState.pending.rawValue])
                 if db.changesCount > 0 {
                     counts.pending += 1
@@ -381,6 +468,7 @@ public struct SQLiteStateStore: StateStore {
             guard db.changesCount > 0 else {
                 throw GridError.notFound("session \(id) does not exist", backend: backend)
             }
+            try db.cachedStatement(sql: "DELETE FROM submission WHERE session = ?").execute(arguments: [id.rawValue])
             try db.cachedStatement(sql: "DELETE FROM task WHERE session = ?").execute(arguments: [id.rawValue])
             return db.changesCount
         }
@@ -407,6 +495,26 @@ public struct SQLiteStateStore: StateStore {
         }
         guard let record else { throw GridError.notFound("task \(id) does not exist", backend: backend) }
         return record
+    }
+
+    /// Reads the tasks that exist among `ids`: one `SELECT … IN (json_each)` per session.
+    ///
+    /// - Throws: ``GridError/Code/unavailable``.
+    public func tasks(_ ids: [TaskID]) async throws -> [TaskRecord] {
+        guard !ids.isEmpty else { return [] }
+        let groups = Self.bySession(Self.unique(ids))
+        return try await database.read("tasks") { db in
+            let select = try db.cachedStatement(
+                sql: "SELECT \(Self.taskColumns) FROM task WHERE session = ? AND idx IN (SELECT value FROM json_each(?))")
+            var records: [TaskRecord] = []
+            for (session, indices) in groups {
+                let rows = try Row.fetchCursor(select, arguments: [session.rawValue, Self.jsonArray(indices)])
+                while let row = try rows.next() {
+                    records.append(try Self.decodeTask(row, id: TaskID(session: session, index: row[1])))
+                }
+            }
+            return records
+        }
     }
 
     /// Counts a session's tasks by state (a scan of the `task_by_state` index range of the session).
@@ -489,6 +597,31 @@ public struct SQLiteStateStore: StateStore {
         return groups
     }
 
+    /// The attempts grouped by session, as `[[index, attempt], …]` batches.
+    static func bySession(_ attempts: [TaskAttempt]) -> [(SessionID, SQLiteBatch)] {
+        var groups: [(SessionID, SQLiteBatch)] = []
+        for attempt in attempts {
+            let position: Int
+            if let found = groups.lastIndex(where: { $0.0 == attempt.id.session }) {
+                position = found
+            } else {
+                groups.append((attempt.id.session, SQLiteBatch()))
+                position = groups.count - 1
+            }
+            groups[position].1.beginRow()
+            groups[position].1.int(attempt.id.index)
+            groups[position].1.int(attempt.attempt)
+            groups[position].1.endRow()
+        }
+        return groups
+    }
+
+    /// The ids without repeats, in order of first appearance.
+    static func unique(_ ids: [TaskID]) -> [TaskID] {
+        var seen = Set<TaskID>()
+        return ids.filter { seen.insert($0).inserted }
+    }
+
     /// `[1,2,3]`: integers as a JSON array, for `json_each`.
     static func jsonArray(_ values: [Int]) -> String {
         var text = "["
@@ -502,7 +635,7 @@ public struct SQLiteStateStore: StateStore {
 
     static let taskColumns = """
         session, idx, state, owner, lease_expiry, retries, max_retries, priority, timeout, \
-        submitted_at, started_at, completed_at, last_error, output
+        submitted_at, started_at, completed_at, last_error, output, attempt, claim_token
         """
 
     private static func decodeTask(_ row: Row, id: TaskID) throws -> TaskRecord {
@@ -521,8 +654,30 @@ public struct SQLiteStateStore: StateStore {
             startedAt: date(row[10]),
             completedAt: date(row[11]),
             lastError: row[12],
-            output: try row.bytes(atIndex: 13)
+            output: try row.bytes(atIndex: 13),
+            attempt: row[14],
+            claimToken: (row[15] as String?).flatMap { try? ClaimToken($0) }
         )
+    }
+
+    private static let submissionColumns = "session, key, first, count, sent, state, version, created_at, updated_at"
+
+    private static func submissionArguments(_ submission: SubmissionRecord) -> StatementArguments {
+        [
+            submission.session.rawValue, submission.key.rawValue, submission.first, submission.count, submission.sent,
+            submission.state.rawValue, submission.version, submission.createdAt.timeIntervalSince1970,
+            submission.updatedAt.timeIntervalSince1970,
+        ]
+    }
+
+    private static func decodeSubmission(_ row: Row) throws -> SubmissionRecord {
+        let stateText: String = row[5]
+        guard let state = SubmissionState(rawValue: stateText) else {
+            throw GridError(.internalError, "submission state '\(stateText)' is unknown", backend: SQLiteDatabase.backendName)
+        }
+        return SubmissionRecord(
+            session: try SessionID(row[0]), key: try SubmissionKey(row[1]), first: row[2], count: row[3], sent: row[4], state: state,
+            version: row[6], createdAt: Date(timeIntervalSince1970: row[7]), updatedAt: Date(timeIntervalSince1970: row[8]))
     }
 
     private static let sessionColumns = "id, priority, max_retries, task_timeout, labels, created_at, task_count, cancelled"

@@ -32,6 +32,7 @@ public final class Agent: Sendable {
 
     private struct Finished: Sendable {
         var id: TaskID
+        var attempt: Int
         var outcome: Outcome
     }
 
@@ -39,10 +40,18 @@ public final class Agent: Sendable {
         var owned: [TaskID: Owned] = [:]
         var active = 0
         var completions: [Finished] = []
+        /// Messages whose task another run holds: kept leased and renewed until that run ends, so they
+        /// neither circulate (each delivery counts toward the queue's dead-letter limit) nor get lost
+        /// should the owner die.
+        var watched: [TaskID: Lease] = [:]
         var stopping = false
         var leaseCalls = 0
         var heartbeats = 0
     }
+
+    /// The most messages an agent watches; beyond, a message is handed back until the owner's lease
+    /// could have run out.
+    static let maxWatched = 10_000
 
     private let backends: GridBackends
     private let handler: any TaskHandler
@@ -80,6 +89,9 @@ public final class Agent: Sendable {
     /// How many tasks the agent owns right now (running or waiting for their outcome to be stored).
     public var ownedCount: Int { state.withLock { $0.owned.count } }
 
+    /// How many messages the agent keeps leased for tasks another run holds (see ``heartbeat()``).
+    public var watchedCount: Int { state.withLock { $0.watched.count } }
+
     /// How many heartbeat passes have ended (renewed, checked, or failed): progress to wait on with a
     /// manual clock.
     public var heartbeatPasses: Int { state.withLock { $0.heartbeats } }
@@ -103,6 +115,7 @@ public final class Agent: Sendable {
             _ = await services.next()
             services.cancelAll()
         }
+        await releaseWatched()
         logger.info("agent stopped")
     }
 
@@ -192,26 +205,37 @@ public final class Agent: Sendable {
             if byID[lease.id] == nil { byID[lease.id] = lease } else { duplicates.append(lease) }
         }
         let now = clock.now
-        let claimed = try await backends.state.claim(
-            Array(byID.keys),
-            owner: configuration.id,
-            leaseExpiry: now.addingTimeInterval(configuration.leaseDuration.timeInterval),
-            now: now
-        )
+        let claimed = try await claim(Array(byID.keys), now: now)
         var lost = duplicates
         let won = Dictionary(uniqueKeysWithValues: claimed.map { ($0.id, $0) })
         for (id, lease) in byID where won[id] == nil { lost.append(lease) }
-        if !lost.isEmpty { try await settleUnowned(lost) }
-        guard !claimed.isEmpty else { return [] }
+        guard !claimed.isEmpty else {
+            await settleUnowned(lost)
+            return []
+        }
 
         var owned: [Owned] = claimed.compactMap { record in byID[record.id].map { Owned(lease: $0, record: record, renewedAt: now) } }
+        owned.sort { $0.record.id < $1.record.id }
         let externalKeys = owned.filter { $0.lease.payload == nil }.map { PayloadKey.input($0.record.id) }
-        let external = externalKeys.isEmpty ? [:] : try await backends.payloads.get(externalKeys)
+        let external: [String: [UInt8]]
+        do {
+            external = externalKeys.isEmpty ? [:] : try await backends.payloads.get(externalKeys)
+        } catch {
+            // Nothing ran: hand the tasks back at once, uncharged, rather than hold them until their
+            // leases expire and the reaper charges them a retry.
+            logger.warning("reading inputs failed; releasing the claimed tasks", metadata: ["error": "\(error)", "count": "\(owned.count)"])
+            await releaseUnrun(owned)
+            await settleUnowned(lost)
+            throw error
+        }
         var started: [(Owned, [UInt8])] = []
         var missing: [Finished] = []
-        owned.sort { $0.record.id < $1.record.id }
+        var replaced: [Task<[UInt8], any Error>] = []
         state.withLock { state in
             for task in owned {
+                // The same task under an older attempt of this agent (its lease was reaped while it ran):
+                // that run is stale; stop it, and let nothing it produces be stored.
+                if let older = state.owned[task.record.id], let work = older.work { replaced.append(work) }
                 state.owned[task.record.id] = task
                 if let input = task.lease.payload ?? external[PayloadKey.input(task.record.id)] {
                     state.active += 1
@@ -219,7 +243,7 @@ public final class Agent: Sendable {
                 } else {
                     missing.append(
                         Finished(
-                            id: task.record.id,
+                            id: task.record.id, attempt: task.record.attempt,
                             outcome: .failure("input \(PayloadKey.input(task.record.id)) is missing from the payload store", retryable: false)
                         )
                     )
@@ -227,43 +251,76 @@ public final class Agent: Sendable {
             }
             state.completions += missing
         }
+        for work in replaced { work.cancel() }
         if !missing.isEmpty { flushes.signal() }
+        await settleUnowned(lost)
         return started
+    }
+
+    /// Claims tasks with one token; a claim that failed for want of a reply is sent again with the same
+    /// token once, so that tasks it had won are not lost until their leases expire.
+    private func claim(_ ids: [TaskID], now: Date) async throws -> [TaskRecord] {
+        let token = ClaimToken.random()
+        let expiry = now.addingTimeInterval(configuration.leaseDuration.timeInterval)
+        do {
+            return try await backends.state.claim(ids, owner: configuration.id, token: token, leaseExpiry: expiry, now: now)
+        } catch let error as GridError where error.code == .unavailable {
+            logger.warning("claim failed; sending it again with the same token", metadata: ["error": "\(error)"])
+            return try await backends.state.claim(ids, owner: configuration.id, token: token, leaseExpiry: expiry, now: now)
+        }
+    }
+
+    /// Gives claimed tasks back unrun (state and queue); best effort: what fails here is reaped later.
+    private func releaseUnrun(_ owned: [Owned]) async {
+        do {
+            let released = try await backends.state.release(owned.map { TaskAttempt(id: $0.record.id, attempt: $0.record.attempt) }, owner: configuration.id)
+            counters.released.increment(by: released.count)
+            try await backends.queue.release(owned.map(\.lease), delay: .zero)
+        } catch {
+            logger.warning("releasing tasks failed; their leases will expire", metadata: ["error": "\(error)", "count": "\(owned.count)"])
+        }
     }
 
     private func execute(_ task: Owned, input: [UInt8]) async {
         let id = task.record.id
+        let attempt = task.record.attempt
         var taskLogger = logger
         taskLogger[metadataKey: "task"] = "\(id)"
-        let context = TaskContext(id: id, attempt: task.record.retries + 1, timeout: task.record.timeout, logger: taskLogger)
+        let context = TaskContext(id: id, attempt: attempt, timeout: task.record.timeout, logger: taskLogger)
         // The handler runs in its own task so that a heartbeat that finds the task cancelled or its lease
         // lost can cancel just this one; the child here awaits it, so it never outlives the agent.
         let work = Task { try await self.runHandler(input: input, context: context) }
         let cancelNow = state.withLock { state -> Bool in
+            guard state.owned[id]?.record.attempt == attempt else { return true }
             state.owned[id]?.work = work
             return state.owned[id]?.lost ?? true
         }
         if cancelNow { work.cancel() }
         let result = await withTaskCancellationHandler { await work.result } onCancel: { work.cancel() }
 
-        let outcome: Outcome = state.withLock { state in
-            if state.owned[id]?.lost ?? true { return .discarded }
-            switch result {
-            case .success(let output):
-                return .success(output)
-            case .failure(let error as GridError) where error.code == .timeout:
-                return .failure(error.message, retryable: true)
-            case .failure(let error as TaskHandlerError):
-                return .failure(error.description, retryable: false)
-            case .failure(is CancellationError) where state.stopping:
-                return .failure("agent \(configuration.id) stopped before the task finished (drain timeout \(configuration.drainTimeout))", retryable: true)
-            case .failure(let error):
-                return .failure(String(describing: error), retryable: true)
-            }
-        }
         state.withLock { state in
             state.active -= 1
-            state.completions.append(Finished(id: id, outcome: outcome))
+            // A newer attempt of the same task replaced this run: there is nothing of it to store.
+            guard let current = state.owned[id], current.record.attempt == attempt else { return }
+            let outcome: Outcome
+            if current.lost {
+                outcome = .discarded
+            } else {
+                switch result {
+                case .success(let output):
+                    outcome = .success(output)
+                case .failure(let error as GridError) where error.code == .timeout:
+                    outcome = .failure(error.message, retryable: true)
+                case .failure(let error as TaskHandlerError):
+                    outcome = .failure(error.description, retryable: false)
+                case .failure(is CancellationError) where state.stopping:
+                    outcome = .failure(
+                        "agent \(configuration.id) stopped before the task finished (drain timeout \(configuration.drainTimeout))", retryable: true)
+                case .failure(let error):
+                    outcome = .failure(String(describing: error), retryable: true)
+                }
+            }
+            state.completions.append(Finished(id: id, attempt: attempt, outcome: outcome))
         }
         flushes.signal()
         wake.signal()
@@ -326,8 +383,12 @@ public final class Agent: Sendable {
     }
 
     private func store(_ batch: [Finished]) async throws {
+        // Only outcomes of the attempt the agent still owns are stored; anything else is stale.
         let leases: [TaskID: Lease] = state.withLock { state in
-            Dictionary(uniqueKeysWithValues: batch.compactMap { item in state.owned[item.id].map { (item.id, $0.lease) } })
+            Dictionary(
+                batch.compactMap { item in
+                    state.owned[item.id].flatMap { $0.record.attempt == item.attempt ? (item.id, $0.lease) : nil }
+                }, uniquingKeysWith: { first, _ in first })
         }
         var completions: [TaskCompletion] = []
         var external: [PayloadItem] = []
@@ -335,20 +396,23 @@ public final class Agent: Sendable {
         var unowned: [Lease] = []
         var ran: [TaskID] = []
         // Outside readers of a shared data plane (HTC-Grid's connector) look for every output there.
-        let inlineLimit = backends.payloads is any SharedPayloadStore ? -1 : configuration.inlineOutputLimit
+        let shared = backends.payloads is any SharedPayloadStore
+        let inlineLimit = shared ? -1 : configuration.inlineOutputLimit
         for item in batch {
             guard let lease = leases[item.id] else { continue }
             switch item.outcome {
             case .success(let output):
                 ran.append(item.id)
                 if output.count <= inlineLimit {
-                    completions.append(TaskCompletion(id: item.id, output: output))
+                    completions.append(TaskCompletion(id: item.id, attempt: item.attempt, output: output))
                 } else {
-                    external.append(PayloadItem(key: PayloadKey.output(item.id), value: output))
-                    completions.append(TaskCompletion(id: item.id, output: nil))
+                    // Under the attempt's own key: a stale attempt writing late never replaces the output
+                    // another attempt committed, since the finish names the attempt whose key is current.
+                    external.append(PayloadItem(key: PayloadKey.output(item.id, attempt: item.attempt), value: output))
+                    completions.append(TaskCompletion(id: item.id, attempt: item.attempt, output: nil))
                 }
             case .failure(let message, let retryable):
-                failures.append(TaskFailure(id: item.id, message: message, retryable: retryable))
+                failures.append(TaskFailure(id: item.id, attempt: item.attempt, message: message, retryable: retryable))
             case .discarded:
                 unowned.append(lease)
             }
@@ -362,9 +426,36 @@ public final class Agent: Sendable {
         if !completions.isEmpty {
             let finished = try await backends.state.finish(completions, owner: configuration.id, at: now)
             finishedCount = finished.count
+            // A finish refused because an earlier try of this same flush went through (its reply was
+            // lost) committed this attempt all the same: the record says so.
+            var committed = finished
+            let refused = completions.filter { !finished.contains($0.id) }
+            if !refused.isEmpty {
+                let attempts = Dictionary(refused.map { ($0.id, $0.attempt) }, uniquingKeysWith: { first, _ in first })
+                for record in try await backends.state.tasks(refused.map(\.id))
+                where record.state == .finished && attempts[record.id] == record.attempt {
+                    committed.insert(record.id)
+                }
+            }
             for completion in completions {
                 guard let lease = leases[completion.id] else { continue }
-                if finished.contains(completion.id) { acknowledge.append(lease) } else { unowned.append(lease) }
+                if committed.contains(completion.id) { acknowledge.append(lease) } else { unowned.append(lease) }
+            }
+            let outputs = Dictionary(
+                zip(completions.filter { $0.output == nil }.map(\.id), external), uniquingKeysWith: { first, _ in first })
+            // Outputs of attempts that lost their task are no one's: remove them (best effort).
+            let stale = outputs.filter { !committed.contains($0.key) }.map(\.value.key)
+            if !refused.isEmpty {
+                logger.info(
+                    "finishes of attempts that lost their task were refused; their outputs are discarded",
+                    metadata: ["count": "\(refused.count - (committed.count - finished.count))", "stored": "\(stale.count)"])
+            }
+            if !stale.isEmpty { try? await backends.payloads.delete(stale) }
+            if shared {
+                // Outside readers look for a finished task's output under HTC-Grid's key: it is written
+                // only once the finish made this attempt's output the task's.
+                let published = outputs.filter { committed.contains($0.key) }.map { PayloadItem(key: PayloadKey.output($0.key), value: $0.value.value) }
+                if !published.isEmpty { try await backends.payloads.put(published) }
             }
         }
         if !failures.isEmpty {
@@ -382,9 +473,9 @@ public final class Agent: Sendable {
         }
         if !acknowledge.isEmpty { try await backends.queue.acknowledge(acknowledge) }
         if !retry.isEmpty { try await backends.queue.release(retry, delay: configuration.retryDelay) }
-        if !unowned.isEmpty { try await settleUnowned(unowned) }
+        if !unowned.isEmpty { await settleUnowned(unowned) }
         state.withLock { state in
-            for item in batch { state.owned[item.id] = nil }
+            for item in batch where state.owned[item.id]?.record.attempt == item.attempt { state.owned[item.id] = nil }
         }
         counters.finished.increment(by: finishedCount)
         counters.failed.increment(by: failedCount)
@@ -395,21 +486,48 @@ public final class Agent: Sendable {
     }
 
     /// Decides the fate of messages whose task this agent does not own: acknowledged when the task is
-    /// terminal or unknown, otherwise handed back for whoever owns it or for the reaper.
-    private func settleUnowned(_ leases: [Lease]) async throws {
-        var acknowledge: [Lease] = []
-        var later: [Lease] = []
-        for lease in leases {
-            do {
-                let record = try await backends.state.task(lease.id)
-                if record.state.isTerminal { acknowledge.append(lease) } else { later.append(lease) }
-            } catch let error as GridError where error.code == .notFound {
-                logger.warning("message for an unknown task dropped", metadata: ["task": "\(lease.id)"])
-                acknowledge.append(lease)
+    /// terminal or unknown, handed back at once when it is pending, and watched when another run holds
+    /// it. Best effort: a message left alone here is delivered again when its lease lapses.
+    private func settleUnowned(_ leases: [Lease]) async {
+        guard !leases.isEmpty else { return }
+        do {
+            let records = Dictionary(
+                try await backends.state.tasks(Array(Set(leases.map(\.id)))).map { ($0.id, $0) }, uniquingKeysWith: { $1 })
+            var acknowledge: [Lease] = []
+            var later: [Lease] = []
+            var watch: [Lease] = []
+            for lease in leases {
+                guard let record = records[lease.id] else {
+                    logger.warning("message for an unknown task dropped", metadata: ["task": "\(lease.id)"])
+                    acknowledge.append(lease)
+                    continue
+                }
+                switch record.state {
+                case .finished, .failed, .cancelled: acknowledge.append(lease)
+                case .pending: later.append(lease)
+                case .processing: watch.append(lease)
+                }
             }
+            let overflow: [Lease] = state.withLock { state in
+                var overflow: [Lease] = []
+                for lease in watch {
+                    if let previous = state.watched[lease.id], previous != lease {
+                        // A second copy of a watched message: one is enough.
+                        overflow.append(previous)
+                    } else if state.watched.count >= Self.maxWatched || state.stopping {
+                        overflow.append(lease)
+                        continue
+                    }
+                    state.watched[lease.id] = lease
+                }
+                return overflow
+            }
+            if !acknowledge.isEmpty { try await backends.queue.acknowledge(acknowledge) }
+            if !later.isEmpty { try await backends.queue.release(later, delay: .zero) }
+            if !overflow.isEmpty { try await backends.queue.release(overflow, delay: configuration.leaseDuration) }
+        } catch {
+            logger.warning("settling messages of tasks held elsewhere failed; they will be delivered again", metadata: ["error": "\(error)"])
         }
-        if !acknowledge.isEmpty { try await backends.queue.acknowledge(acknowledge) }
-        if !later.isEmpty { try await backends.queue.release(later, delay: configuration.heartbeatInterval) }
     }
 
     // MARK: - Heartbeats
@@ -432,6 +550,7 @@ public final class Agent: Sendable {
     /// interval; a task cancelled on its own stops at its next renewal.
     func heartbeat() async throws {
         let now = clock.now
+        try await checkWatched()
         let snapshot: [Owned] = state.withLock { Array($0.owned.values) }
         guard !snapshot.isEmpty else { return }
         let renewAfter = configuration.renewAfter.timeInterval
@@ -440,7 +559,8 @@ public final class Agent: Sendable {
         var lost: [Owned] = []
         if !due.isEmpty {
             let expiry = now.addingTimeInterval(configuration.leaseDuration.timeInterval)
-            let stillOwned = try await backends.state.heartbeat(due.map(\.record.id), owner: configuration.id, leaseExpiry: expiry)
+            let stillOwned = try await backends.state.heartbeat(
+                due.map { TaskAttempt(id: $0.record.id, attempt: $0.record.attempt) }, owner: configuration.id, leaseExpiry: expiry)
             lost += due.filter { !stillOwned.contains($0.record.id) }
             let renewed = due.filter { stillOwned.contains($0.record.id) }
             state.withLock { state in
@@ -462,6 +582,7 @@ public final class Agent: Sendable {
         if !lost.isEmpty {
             let works: [Task<[UInt8], any Error>] = state.withLock { state in
                 lost.compactMap { task in
+                    guard state.owned[task.record.id]?.record.attempt == task.record.attempt else { return nil }
                     state.owned[task.record.id]?.lost = true
                     return state.owned[task.record.id]?.work
                 }
@@ -469,5 +590,45 @@ public final class Agent: Sendable {
             for work in works { work.cancel() }
             logger.info("stopped tasks that were cancelled or whose lease was lost", metadata: ["count": "\(lost.count)"])
         }
+    }
+
+    /// Keeps the watched messages leased while another run holds their task, and lets go of each once
+    /// that run ended: acknowledged when the task is terminal (or gone), handed back when it is pending
+    /// again (its owner died and the reaper put it back).
+    private func checkWatched() async throws {
+        let watched: [Lease] = state.withLock { Array($0.watched.values) }
+        guard !watched.isEmpty else { return }
+        let held = Set(try await backends.queue.extend(watched, duration: configuration.leaseDuration))
+        let records = Dictionary(try await backends.state.tasks(watched.map(\.id)).map { ($0.id, $0) }, uniquingKeysWith: { $1 })
+        var acknowledge: [Lease] = []
+        var release: [Lease] = []
+        var done: [Lease] = []
+        for lease in watched {
+            guard held.contains(lease) else {
+                done.append(lease)
+                continue
+            }
+            switch records[lease.id]?.state {
+            case .processing?: continue
+            case .pending?: release.append(lease)
+            case nil, .finished?, .failed?, .cancelled?: acknowledge.append(lease)
+            }
+            done.append(lease)
+        }
+        if !acknowledge.isEmpty { try await backends.queue.acknowledge(acknowledge) }
+        if !release.isEmpty { try await backends.queue.release(release, delay: .zero) }
+        state.withLock { state in
+            for lease in done where state.watched[lease.id] == lease { state.watched[lease.id] = nil }
+        }
+    }
+
+    /// Hands back the watched messages (on stop).
+    private func releaseWatched() async {
+        let watched: [Lease] = state.withLock { state in
+            defer { state.watched.removeAll() }
+            return Array(state.watched.values)
+        }
+        guard !watched.isEmpty else { return }
+        try? await backends.queue.release(watched, delay: .zero)
     }
 }

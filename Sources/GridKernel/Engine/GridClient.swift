@@ -6,13 +6,20 @@ public struct ClientConfiguration: Sendable {
     /// Inputs up to this many bytes travel inline in the queue message instead of the payload store,
     /// which saves two payload-store requests per task. Default 8 KiB (well under SQS' 256 KiB).
     public var inlinePayloadLimit: Int
-    /// How many tasks go to the backends per call when submitting. Default 5,000.
+    /// How many tasks go to the backends per call when submitting. Default 5,000. A submission
+    /// records its progress after each batch, so a batch must take well under the reaper's
+    /// ``ReaperConfiguration/submissionGrace``.
     public var submitBatchSize: Int
+    /// How long a submission keeps retrying a step that failed with ``GridError/Code/unavailable``
+    /// (a backend restarting, a dropped connection) before it gives up. Every step is safe to repeat:
+    /// the submission's idempotency key keeps its indices. Default 30 s; zero for no retries.
+    public var retryTimeout: Duration
 
     /// Creates a configuration with the defaults.
-    public init(inlinePayloadLimit: Int = 8 * 1024, submitBatchSize: Int = 5_000) {
+    public init(inlinePayloadLimit: Int = 8 * 1024, submitBatchSize: Int = 5_000, retryTimeout: Duration = .seconds(30)) {
         self.inlinePayloadLimit = inlinePayloadLimit
         self.submitBatchSize = submitBatchSize
+        self.retryTimeout = retryTimeout
     }
 }
 
@@ -72,12 +79,20 @@ public struct GridClient: Sendable {
     /// small), their records to the state store, and their messages to the queue, in that order, batch by
     /// batch, so a task is never visible to agents before its input and record exist.
     ///
-    /// - Returns: the new task ids, in the order of `inputs`.
+    /// The submission is journalled under its idempotency key (``SubmissionRecord``): sent again with the
+    /// same key and inputs — after a crash, a dropped connection, a timeout — it creates no task twice,
+    /// resumes where the first one stopped, and returns the same ids; a submission interrupted for good is
+    /// repaired by the reaper (see docs/architecture.md). Steps that fail with
+    /// ``GridError/Code/unavailable`` are retried for ``ClientConfiguration/retryTimeout``.
+    ///
+    /// - Parameter key: the idempotency key; a random one when `nil` (the call is then not repeatable).
+    /// - Returns: the task ids, in the order of `inputs`.
     /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/conflict`` for a
-    ///   cancelled one; ``GridError/Code/payloadTooLarge``; ``GridError/Code/unavailable``.
+    ///   cancelled one, for a key used before by a submission of another size, or for a submission
+    ///   that was repaired as interrupted; ``GridError/Code/payloadTooLarge``; ``GridError/Code/unavailable``.
     @discardableResult
-    public func submit(_ session: SessionID, inputs: [[UInt8]]) async throws -> [TaskID] {
-        try await submit(session, count: inputs.count) { inputs[$0] }
+    public func submit(_ session: SessionID, inputs: [[UInt8]], key: SubmissionKey? = nil) async throws -> [TaskID] {
+        try await submit(session, count: inputs.count, key: key) { inputs[$0] }
     }
 
     /// Submits `count` tasks whose inputs are already in the payload store under
@@ -85,22 +100,38 @@ public struct GridClient: Sendable {
     /// and messages are written. The new tasks take the session's next indices.
     ///
     /// - Returns: the new task ids, in index order.
-    /// - Throws: as ``submit(_:inputs:)``.
+    /// - Throws: as ``submit(_:inputs:key:)``.
     @discardableResult
-    public func submitStored(_ session: SessionID, count: Int) async throws -> [TaskID] {
-        try await submit(session, count: count) { _ in nil }
+    public func submitStored(_ session: SessionID, count: Int, key: SubmissionKey? = nil) async throws -> [TaskID] {
+        try await submit(session, count: count, key: key) { _ in nil }
     }
 
     /// The one submission path: `input(offset)` gives a task's input, or `nil` when it is already stored.
-    private func submit(_ session: SessionID, count: Int, input inputAt: (Int) -> [UInt8]?) async throws -> [TaskID] {
+    private func submit(_ session: SessionID, count: Int, key: SubmissionKey?, input inputAt: (Int) -> [UInt8]?) async throws -> [TaskID] {
         guard count > 0 else { return [] }
-        let record = try await backends.state.session(session)
-        let indices = try await backends.state.reserveTaskIndices(session, count: count)
-        let now = clock.now
-        var ids: [TaskID] = []
-        ids.reserveCapacity(count)
+        let key = key ?? .random()
+        let record = try await retrying("reading session \(session)") { try await backends.state.session(session) }
+        var submission = try await retrying("beginning submission \(key)") {
+            try await backends.state.beginSubmission(.begin(session: session, key: key, count: count, at: clock.now))
+        }
+        guard submission.count == count else {
+            throw GridError(
+                .conflict,
+                "idempotency key '\(key)' was used in session \(session) by a submission of \(submission.count) tasks; this one has \(count): use a new key for a different submission"
+            )
+        }
+        switch submission.state {
+        case .complete:
+            logger.debug("submission already complete", metadata: ["session": "\(session)", "key": "\(key)"])
+            return submission.taskIDs
+        case .repairing, .repaired:
+            throw Self.repairedError(submission)
+        case .open:
+            break
+        }
         let batch = max(1, configuration.submitBatchSize)
-        var start = 0
+        let resumedAt = submission.sent
+        var start = submission.sent
         while start < count {
             let end = min(start + batch, count)
             var records: [TaskRecord] = []
@@ -108,8 +139,9 @@ public struct GridClient: Sendable {
             var external: [PayloadItem] = []
             records.reserveCapacity(end - start)
             queued.reserveCapacity(end - start)
+            let now = clock.now
             for offset in start..<end {
-                let id = TaskID(session: session, index: indices.lowerBound + offset)
+                let id = TaskID(session: session, index: submission.first + offset)
                 records.append(
                     TaskRecord(
                         id: id,
@@ -128,16 +160,57 @@ public struct GridClient: Sendable {
                 case nil:
                     queued.append(QueuedTask(id: id, priority: record.options.priority, payload: nil))
                 }
-                ids.append(id)
             }
-            if !external.isEmpty { try await backends.payloads.put(external) }
-            try await backends.state.createTasks(records)
-            try await backends.queue.enqueue(queued)
+            if !external.isEmpty { try await retrying("storing inputs") { try await backends.payloads.put(external) } }
+            try await retrying("creating task records") { try await backends.state.createTasks(records) }
+            try await retrying("enqueueing tasks") { try await backends.queue.enqueue(queued) }
+            submission = try await progress(submission, to: end)
             start = end
         }
-        counters.submitted.increment(by: count)
-        logger.debug("submitted tasks", metadata: ["session": "\(session)", "count": "\(count)"])
-        return ids
+        counters.submitted.increment(by: count - resumedAt)
+        logger.debug("submitted tasks", metadata: ["session": "\(session)", "count": "\(count)", "key": "\(key)"])
+        return submission.taskIDs
+    }
+
+    /// Records that the first `sent` tasks of a submission are written, conditionally on the version
+    /// read last; another writer (a retry with the same key, a repairer) makes it read again.
+    private func progress(_ submission: SubmissionRecord, to sent: Int) async throws -> SubmissionRecord {
+        var current = submission
+        while true {
+            // Already recorded: by this call before a lost reply, or by a concurrent retry of the same key.
+            if current.sent >= sent { return current }
+            guard let next = current.progressed(to: sent, at: clock.now) else { throw Self.repairedError(current) }
+            let expected = current.version
+            if try await retrying("recording submission progress", { try await backends.state.updateSubmission(next, expectedVersion: expected) }) {
+                return next
+            }
+            current = try await retrying("reading submission \(current.key)") {
+                try await backends.state.beginSubmission(.begin(session: submission.session, key: submission.key, count: submission.count, at: clock.now))
+            }
+        }
+    }
+
+    private static func repairedError(_ submission: SubmissionRecord) -> GridError {
+        GridError(
+            .conflict,
+            "submission '\(submission.key)' of session \(submission.session) made no progress for longer than the reaper's grace period and was repaired as interrupted: tasks \(submission.first + submission.sent)..<\(submission.range.upperBound) that had not been sent were enqueued again if their input was stored, and failed otherwise; submit the failed ones again under a new key"
+        )
+    }
+
+    /// Runs a step, repeating it while it fails with ``GridError/Code/unavailable``, for up to
+    /// ``ClientConfiguration/retryTimeout`` with exponential backoff (50 ms to 2 s).
+    private func retrying<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
+        let deadline = clock.now.addingTimeInterval(configuration.retryTimeout.timeInterval)
+        var backoff = Duration.milliseconds(50)
+        while true {
+            do {
+                return try await body()
+            } catch let error as GridError where error.code == .unavailable && clock.now < deadline {
+                logger.warning("\(what) failed; retrying", metadata: ["error": "\(error)", "backoff": "\(backoff)"])
+                try await clock.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(2))
+            }
+        }
     }
 
     /// Submits tasks whose inputs are JSON documents.
@@ -180,7 +253,7 @@ public struct GridClient: Sendable {
             throw GridError(.conflict, "task \(id) is \(record.state.rawValue), not finished; it has no output")
         }
         if let inline = record.output { return inline }
-        return try await backends.payloads.get(PayloadKey.output(id))
+        return try await backends.payloads.get(PayloadKey.output(of: record))
     }
 
     /// Pages through a session's tasks in one state, with the outputs of finished tasks.
@@ -192,11 +265,11 @@ public struct GridClient: Sendable {
         guard state == .finished else {
             return Page(items: page.items.map { TaskResult(record: $0, output: nil) }, next: page.next)
         }
-        let externalKeys = page.items.filter { $0.output == nil }.map { PayloadKey.output($0.id) }
+        let externalKeys = page.items.filter { $0.output == nil }.map { PayloadKey.output(of: $0) }
         let external = externalKeys.isEmpty ? [:] : try await backends.payloads.get(externalKeys)
         let items = try page.items.map { record -> TaskResult in
             if let inline = record.output { return TaskResult(record: record, output: inline) }
-            guard let stored = external[PayloadKey.output(record.id)] else {
+            guard let stored = external[PayloadKey.output(of: record)] else {
                 throw GridError.notFound("output of finished task \(record.id) is missing from the payload store")
             }
             return TaskResult(record: record, output: stored)
@@ -243,27 +316,47 @@ public struct GridClient: Sendable {
     }
 
     /// Deletes a session: cancels it (so agents stop its running tasks and drop its queued messages),
-    /// removes its records, then its payloads (inputs, outputs and the session payload), 1,000 keys
-    /// per call.
+    /// removes its payloads (inputs, the outputs of every attempt, the session payload) 1,000 keys per
+    /// call while its records still say which attempts wrote outputs, then its records and submissions.
     ///
     /// - Returns: how many task records were removed.
     /// - Throws: ``GridError/Code/notFound``; ``GridError/Code/unavailable``. Repeating a delete that
-    ///   failed half-way is safe until the records are gone; payloads left behind by a failure after that
-    ///   point are orphans no reader can reach.
+    ///   failed half-way is safe: the records go last.
     @discardableResult
     public func deleteSession(_ session: SessionID) async throws -> Int {
         let record = try await backends.state.session(session)
         _ = try await backends.state.cancelSession(session, at: clock.now)
-        let removed = try await backends.state.deleteSession(session)
-        try await backends.payloads.delete([PayloadKey.sessionPayload(session)])
-        for start in stride(from: 0, to: record.taskCount, by: 500) {
-            let keys = (start..<min(start + 500, record.taskCount)).flatMap { index -> [String] in
-                let id = TaskID(session: session, index: index)
-                return [PayloadKey.input(id), PayloadKey.output(id)]
-            }
+        var seen = Set<Int>()
+        var keys: [String] = []
+        func flush(_ force: Bool) async throws {
+            guard keys.count >= 1_000 || (force && !keys.isEmpty) else { return }
             try await backends.payloads.delete(keys)
+            keys.removeAll(keepingCapacity: true)
         }
-        return removed
+        for state in TaskState.allCases {
+            var cursor: String?
+            repeat {
+                let page = try await backends.state.tasks(session, state: state, after: cursor, limit: 1_000)
+                for task in page.items {
+                    seen.insert(task.id.index)
+                    keys += Self.payloadKeys(task.id, attempts: task.attempt)
+                    try await flush(false)
+                }
+                cursor = page.next
+            } while cursor != nil
+        }
+        // Reserved indices without a record (an interrupted submission) may still have an input.
+        for index in 0..<record.taskCount where !seen.contains(index) {
+            keys += Self.payloadKeys(TaskID(session: session, index: index), attempts: 0)
+            try await flush(false)
+        }
+        keys.append(PayloadKey.sessionPayload(session))
+        try await flush(true)
+        return try await backends.state.deleteSession(session)
+    }
+
+    private static func payloadKeys(_ id: TaskID, attempts: Int) -> [String] {
+        [PayloadKey.input(id), PayloadKey.output(id)] + (0..<max(0, attempts)).map { PayloadKey.output(id, attempt: $0 + 1) }
     }
 
     /// Cancels tasks.

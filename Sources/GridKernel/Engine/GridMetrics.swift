@@ -15,6 +15,10 @@ public enum GridMetricName {
     public static let retries = "htc_task_retries_total"
     /// Counter: tasks failed because the queue dead-lettered their message.
     public static let deadLettered = "htc_tasks_dead_lettered_total"
+    /// Counter: interrupted submissions a reaper repaired.
+    public static let submissionsRepaired = "htc_submissions_repaired_total"
+    /// Counter: tasks an agent gave back unrun (its input could not be read, or it stopped first).
+    public static let released = "htc_tasks_released_total"
 }
 
 /// The kernel's counters, made once per component (swift-metrics unregisters a metric when its last
@@ -30,4 +34,6 @@ struct GridCounters: Sendable {
     let retriesAfterFailure = Counter(label: GridMetricName.retries, dimensions: [("cause", "failure")])
     let retriesAfterExpiry = Counter(label: GridMetricName.retries, dimensions: [("cause", "lease_expired")])
     let deadLettered = Counter(label: GridMetricName.deadLettered)
+    let submissionsRepaired = Counter(label: GridMetricName.submissionsRepaired)
+    let released = Counter(label: GridMetricName.released)
 }

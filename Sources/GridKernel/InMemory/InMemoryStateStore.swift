@@ -47,6 +47,12 @@ public actor InMemoryStateStore: StateStore {
     private var records: [TaskID: TaskRecord] = [:]
     private var indexes: [SessionID: StateIndex] = [:]
     private var expiries = SortedList<ExpiryKey>()
+    private var submissions: [SubmissionSlot: SubmissionRecord] = [:]
+
+    private struct SubmissionSlot: Hashable {
+        let session: SessionID
+        let key: SubmissionKey
+    }
 
     /// Creates an empty store.
     public init(clock: any GridClock = SystemClock()) {
@@ -83,22 +89,44 @@ public actor InMemoryStateStore: StateStore {
         return Page(items: ids.compactMap { sessionRecords[$0] }, next: more ? ids.last?.rawValue : nil)
     }
 
-    /// Reserves `count` consecutive task indices.
+    /// Begins a submission: reserves its indices and keeps it, or returns the one with the same key.
     ///
     /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/conflict`` if it was
     ///   cancelled; ``GridError/Code/invalidArgument`` for a negative count.
-    public func reserveTaskIndices(_ session: SessionID, count: Int) async throws -> Range<Int> {
-        guard count >= 0 else {
-            throw GridError.invalidArgument("count is \(count); it must not be negative", backend: Self.backend)
+    public func beginSubmission(_ submission: SubmissionRecord) async throws -> SubmissionRecord {
+        guard submission.count >= 0 else {
+            throw GridError.invalidArgument("count is \(submission.count); it must not be negative", backend: Self.backend)
         }
-        var record = try existingSession(session)
+        var record = try existingSession(submission.session)
+        let key = SubmissionSlot(session: submission.session, key: submission.key)
+        if let existing = submissions[key] { return existing }
         guard !record.cancelled else {
-            throw GridError(.conflict, "session '\(session)' was cancelled; it takes no more tasks", backend: Self.backend)
+            throw GridError(.conflict, "session '\(submission.session)' was cancelled; it takes no more tasks", backend: Self.backend)
         }
-        let range = record.taskCount..<(record.taskCount + count)
-        record.taskCount += count
-        sessionRecords[session] = record
-        return range
+        var stored = submission
+        stored.first = record.taskCount
+        record.taskCount += submission.count
+        sessionRecords[submission.session] = record
+        submissions[key] = stored
+        return stored
+    }
+
+    /// Replaces a submission if its version is `expectedVersion`. Never throws.
+    public func updateSubmission(_ submission: SubmissionRecord, expectedVersion: Int) async throws -> Bool {
+        let key = SubmissionSlot(session: submission.session, key: submission.key)
+        guard var stored = submissions[key], stored.version == expectedVersion else { return false }
+        stored.sent = submission.sent
+        stored.state = submission.state
+        stored.version = submission.version
+        stored.updatedAt = submission.updatedAt
+        submissions[key] = stored
+        return true
+    }
+
+    /// The active submissions last updated before `date`, oldest first. Never throws.
+    public func stalledSubmissions(before date: Date, limit: Int) async throws -> [SubmissionRecord] {
+        let stalled = submissions.values.filter { $0.isStalled(before: date) }
+        return Array(stalled.sorted { ($0.updatedAt, $0.session, $0.key) < ($1.updatedAt, $1.session, $1.key) }.prefix(max(0, limit)))
     }
 
     /// Marks the session cancelled and cancels its pending and processing tasks.
@@ -120,6 +148,7 @@ public actor InMemoryStateStore: StateStore {
         _ = try existingSession(id)
         sessionRecords[id] = nil
         sessionOrder.remove(id)
+        submissions = submissions.filter { $0.key.session != id }
         guard let index = indexes.removeValue(forKey: id) else { return 0 }
         var removed = 0
         for state in TaskState.allCases {
@@ -143,94 +172,52 @@ public actor InMemoryStateStore: StateStore {
         }
     }
 
-    /// Claims the tasks that are pending and unowned. Unknown tasks are ignored. Never throws.
-    public func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
-        var won: [TaskRecord] = []
-        for id in ids {
-            guard let old = records[id], old.state == .pending, old.owner == nil else { continue }
-            var new = old
-            new.state = .processing
-            new.owner = owner
-            new.startedAt = now
-            new.leaseExpiry = leaseExpiry
-            store(new, replacing: old)
-            won.append(new)
-        }
-        return won
-    }
-
-    /// Moves the lease expiry of the tasks `owner` still runs. Never throws.
-    public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
-        var held: Set<TaskID> = []
-        for id in ids {
-            guard let old = ownedRecord(id, by: owner) else { continue }
-            var new = old
-            new.leaseExpiry = leaseExpiry
-            store(new, replacing: old)
-            held.insert(id)
-        }
-        return held
-    }
-
-    /// Finishes the tasks `owner` still runs, keeping inline outputs in ``TaskRecord/output``. Never throws.
-    public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
-        var finished: Set<TaskID> = []
-        for completion in completions {
-            guard let old = ownedRecord(completion.id, by: owner) else { continue }
-            var new = old
-            new.state = .finished
-            new.owner = nil
-            new.leaseExpiry = nil
-            new.completedAt = at
-            new.output = completion.output
-            store(new, replacing: old)
-            finished.insert(completion.id)
-        }
-        return finished
-    }
-
-    /// Records failed runs of the tasks `owner` still runs, by ``TaskRecord/afterFailure(message:retryable:at:)``.
+    /// Claims tasks by ``TaskRecord/claimed(by:token:leaseExpiry:now:)``. Unknown tasks are ignored.
     /// Never throws.
+    public func claim(_ ids: [TaskID], owner: AgentID, token: ClaimToken, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
+        transition(ids) { $0.claimed(by: owner, token: token, leaseExpiry: leaseExpiry, now: now) }.map(\.new)
+    }
+
+    /// Moves the lease expiry of the current attempts `owner` runs. Never throws.
+    public func heartbeat(_ attempts: [TaskAttempt], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
+        let byID = Dictionary(attempts.map { ($0.id, $0.attempt) }, uniquingKeysWith: { $1 })
+        return Set(transition(attempts.map(\.id)) { $0.heartbeated(by: owner, attempt: byID[$0.id] ?? -1, leaseExpiry: leaseExpiry) }.map(\.new.id))
+    }
+
+    /// Finishes the current attempts `owner` runs, keeping inline outputs in ``TaskRecord/output``.
+    /// Never throws.
+    public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
+        let byID = Dictionary(completions.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        return Set(
+            transition(completions.map(\.id)) { old in
+                byID[old.id].flatMap { old.finished(by: owner, attempt: $0.attempt, output: $0.output, at: at) }
+            }.map(\.new.id))
+    }
+
+    /// Records failed runs of the current attempts `owner` runs, by the retry rule. Never throws.
     public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
-        var states: [TaskID: TaskState] = [:]
-        for failure in failures {
-            guard let old = ownedRecord(failure.id, by: owner) else { continue }
-            let new = old.afterFailure(message: failure.message, retryable: failure.retryable, at: at)
-            store(new, replacing: old)
-            states[failure.id] = new.state
+        let byID = Dictionary(failures.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        let changed = transition(failures.map(\.id)) { old in
+            byID[old.id].flatMap { old.failed(by: owner, attempt: $0.attempt, message: $0.message, retryable: $0.retryable, at: at) }
         }
-        return states
+        return Dictionary(changed.map { ($0.new.id, $0.new.state) }, uniquingKeysWith: { $1 })
+    }
+
+    /// Gives back the current attempts `owner` runs, unrun. Never throws.
+    public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
+        let byID = Dictionary(attempts.map { ($0.id, $0.attempt) }, uniquingKeysWith: { $1 })
+        return Set(transition(attempts.map(\.id)) { $0.released(by: owner, attempt: byID[$0.id] ?? -1) }.map(\.new.id))
     }
 
     /// Reaps the tasks whose lease expired before `now`, by the retry rule. Never throws.
     public func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState] {
-        var states: [TaskID: TaskState] = [:]
-        for id in ids {
-            guard let old = records[id], old.state == .processing, let expiry = old.leaseExpiry, expiry < now else {
-                continue
-            }
-            let new = old.afterFailure(message: "lease expired", retryable: true, at: now)
-            store(new, replacing: old)
-            states[id] = new.state
-        }
-        return states
+        Dictionary(transition(ids) { $0.expired(now: now) }.map { ($0.new.id, $0.new.state) }, uniquingKeysWith: { $1 })
     }
 
     /// Fails the tasks that are not terminal, whatever their owner or retries. Never throws.
     public func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID> {
-        var failed: Set<TaskID> = []
-        for failure in failures {
-            guard let old = records[failure.id], !old.state.isTerminal else { continue }
-            var new = old
-            new.state = .failed
-            new.owner = nil
-            new.leaseExpiry = nil
-            new.lastError = failure.message
-            new.completedAt = at
-            store(new, replacing: old)
-            failed.insert(failure.id)
-        }
-        return failed
+        let byID = Dictionary(failures.map { ($0.id, $0.message) }, uniquingKeysWith: { first, _ in first })
+        return Set(transition(failures.map(\.id)) { old in byID[old.id].flatMap { old.forceFailed(message: $0, at: at) } }.map(\.new.id))
     }
 
     /// Cancels the tasks that are not terminal. Never throws.
@@ -246,6 +233,12 @@ public actor InMemoryStateStore: StateStore {
             throw GridError.notFound("task '\(id)' does not exist", backend: Self.backend)
         }
         return record
+    }
+
+    /// Reads the tasks that exist among `ids`. Never throws.
+    public func tasks(_ ids: [TaskID]) async throws -> [TaskRecord] {
+        var seen = Set<TaskID>()
+        return ids.compactMap { seen.insert($0).inserted ? records[$0] : nil }
     }
 
     /// Counts a session's tasks by state; an unknown session has no tasks. Never throws.
@@ -297,24 +290,25 @@ public actor InMemoryStateStore: StateStore {
         return record
     }
 
-    private func ownedRecord(_ id: TaskID, by owner: AgentID) -> TaskRecord? {
-        guard let record = records[id], record.state == .processing, record.owner == owner else { return nil }
-        return record
-    }
-
     private func cancelTasks(_ ids: [TaskID], at: Date) -> CancelCounts {
         var counts = CancelCounts()
-        for id in ids {
-            guard let old = records[id], !old.state.isTerminal else { continue }
+        for (old, _) in transition(ids, { $0.cancelled(at: at) }) {
             if old.state == .pending { counts.pending += 1 } else { counts.processing += 1 }
-            var new = old
-            new.state = .cancelled
-            new.owner = nil
-            new.leaseExpiry = nil
-            new.completedAt = at
-            store(new, replacing: old)
         }
         return counts
+    }
+
+    /// Applies a rule to each existing task once (a repeated id counts once), storing the records it
+    /// changes; returns the changed records before and after, in the order of `ids`.
+    private func transition(_ ids: [TaskID], _ rule: (TaskRecord) -> TaskRecord?) -> [(old: TaskRecord, new: TaskRecord)] {
+        var seen = Set<TaskID>()
+        var changed: [(old: TaskRecord, new: TaskRecord)] = []
+        for id in ids where seen.insert(id).inserted {
+            guard let old = records[id], let new = rule(old) else { continue }
+            if new != old { store(new, replacing: old) }
+            changed.append((old, new))
+        }
+        return changed
     }
 
     /// Writes a record and keeps the state lists and the expiry index in step with it.

@@ -6,15 +6,25 @@
 // seconds. Ids are `text COLLATE "C"`: sessions are listed in byte order whatever the database's
 // collation.
 //
-// session — one row per session (StateStore). task_count is the next index to reserve, bumped with
-//     `UPDATE … RETURNING` so reservations are atomic.
+// session — one row per session (StateStore). task_count is the next index to reserve, bumped by
+//     the statement that begins a submission, under the session row's lock, so reservations are
+//     atomic and consecutive.
 //
 // task — one row per task (StateStore), PRIMARY KEY (session, idx). state is the TaskState raw
-//     value; owner and lease_expiry are set only while 'processing'. Every transition is one
-//     `UPDATE … FROM unnest(…) WHERE <expected state and owner> RETURNING …` for the whole batch.
+//     value; owner and lease_expiry are set only while 'processing'. attempt counts the claims (0
+//     before the first) and claim_token names the claim call that started the current attempt.
+//     Every transition is one `UPDATE … FROM unnest(…) WHERE <expected state, owner and attempt>
+//     RETURNING …` for the whole batch.
 //   task_by_state (session, state, idx): counts per state and paging through one state.
 //   task_lease (lease_expiry) WHERE state = 'processing': a partial index of running tasks only, so
 //     the reaper finds expired leases with a range scan instead of reading every task.
+//
+// submission — one row per submission (StateStore), PRIMARY KEY (session, key): the indices it
+//     reserved (first, count), how many of them were sent, its state (SubmissionState raw value) and
+//     the version its updates are conditional on.
+//   submission_stalled (updated_at, session, key) WHERE state IN ('open', 'repairing'): a partial
+//     index of active submissions only, so the reaper finds stalled ones with a range scan however
+//     many complete submissions the table keeps.
 //
 // queue — one row per message (TaskQueue): id (identity: enqueue order, FIFO within a priority),
 //     session/idx, priority, payload (inline input or NULL), status (0 ready, 1 leased, 2 released
@@ -30,6 +40,13 @@
 //
 // The DDL is one `DO` block under a transaction-scoped advisory lock, so processes starting at the
 // same moment create the schema once (`CREATE … IF NOT EXISTS` alone races on the catalogue).
+//
+// Upgrades: every statement of the block is idempotent, and a later change of the schema is a
+// statement appended to it (`ALTER TABLE … ADD COLUMN IF NOT EXISTS`, `CREATE … IF NOT EXISTS`), so
+// a grid created by an older version upgrades itself the first time a newer process opens it.
+// Columns added later come with a default that describes the rows written before them (attempt 0:
+// never claimed under attempt numbering; no claim token). PostgreSQL 11 and later add a column with
+// a constant default without rewriting the table.
 
 /// Creates the schema described above.
 enum PostgresSchema {
@@ -73,6 +90,24 @@ enum PostgresSchema {
                 );
                 CREATE INDEX IF NOT EXISTS task_by_state ON \(s).task (session, state, idx);
                 CREATE INDEX IF NOT EXISTS task_lease ON \(s).task (lease_expiry) WHERE state = 'processing';
+                -- Attempt fencing and repeatable claims (added after the first release).
+                ALTER TABLE \(s).task ADD COLUMN IF NOT EXISTS attempt integer NOT NULL DEFAULT 0;
+                ALTER TABLE \(s).task ADD COLUMN IF NOT EXISTS claim_token text;
+                -- Submissions (added after the first release; they replace bare index reservations).
+                CREATE TABLE IF NOT EXISTS \(s).submission (
+                    session    text COLLATE "C" NOT NULL,
+                    key        text COLLATE "C" NOT NULL,
+                    first      bigint NOT NULL,
+                    count      bigint NOT NULL,
+                    sent       bigint NOT NULL,
+                    state      text NOT NULL,
+                    version    bigint NOT NULL,
+                    created_at float8 NOT NULL,
+                    updated_at float8 NOT NULL,
+                    PRIMARY KEY (session, key)
+                );
+                CREATE INDEX IF NOT EXISTS submission_stalled ON \(s).submission (updated_at, session, key)
+                    WHERE state IN ('open', 'repairing');
                 CREATE TABLE IF NOT EXISTS \(s).queue (
                     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                     session        text COLLATE "C" NOT NULL,

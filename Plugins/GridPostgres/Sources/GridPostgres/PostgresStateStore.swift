@@ -3,14 +3,17 @@ import GridKernel
 import NIOCore
 import PostgresNIO
 
-/// The state store in PostgreSQL: sessions in the `session` table, tasks in the `task` table (see
-/// `PostgresSchema.swift`).
+/// The state store in PostgreSQL: sessions in the `session` table, submissions in the `submission`
+/// table, tasks in the `task` table (see `PostgresSchema.swift`).
 ///
 /// Every transition is one conditional statement for the whole batch,
-/// `UPDATE task … FROM unnest(sessions, indices, …) WHERE <expected state and owner> RETURNING …`:
-/// one round trip and one transaction per call. Exactly one of several concurrent claimers wins a task
-/// because PostgreSQL re-checks the `WHERE` clause on the newest row version once the other writer
-/// commits. Batches are sorted by task id, so concurrent batches lock rows in the same order.
+/// `UPDATE task … FROM unnest(sessions, indices, attempts, …) WHERE <expected state, owner and
+/// attempt> RETURNING …`: one round trip and one transaction per call. Each statement translates one
+/// rule of the kernel's TaskRules.swift (named in its doc comment). Exactly one of several concurrent
+/// claimers wins a task because PostgreSQL re-checks the `WHERE` clause on the newest row version once
+/// the other writer commits. Batches are sorted by task id, so concurrent batches lock rows in the same
+/// order; a batch naming a task twice is reduced to one entry per task first, as the kernel's rules
+/// apply once per task.
 public struct PostgresStateStore: StateStore {
     /// The database holding the state.
     public let database: PostgresDatabase
@@ -20,9 +23,10 @@ public struct PostgresStateStore: StateStore {
         self.database = database
     }
 
-    private var backend: String { PostgresDatabase.backendName }
-    private var sessionTable: String { database.table("session") }
+    var backend: String { PostgresDatabase.backendName }
+    var sessionTable: String { database.table("session") }
     private var taskTable: String { database.table("task") }
+    var submissionTable: String { database.table("submission") }
 
     // MARK: - Sessions
 
@@ -76,34 +80,8 @@ public struct PostgresStateStore: StateStore {
         return Page(items: items, next: items.last?.id.rawValue)
     }
 
-    /// Reserves `count` consecutive indices with one `UPDATE … RETURNING`.
-    ///
-    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a negative count;
-    ///   ``GridKernel/GridError/Code/notFound`` for an unknown session; ``GridKernel/GridError/Code/conflict``
-    ///   if it was cancelled; ``GridKernel/GridError/Code/unavailable``.
-    public func reserveTaskIndices(_ session: SessionID, count: Int) async throws -> Range<Int> {
-        guard count >= 0 else {
-            throw GridError.invalidArgument("count is \(count); it must not be negative", backend: backend)
-        }
-        let rows = try await database.collect(
-            "reserveTaskIndices",
-            """
-            WITH bumped AS (
-                UPDATE \(unescaped: sessionTable) SET task_count = task_count + \(count)
-                WHERE id = \(session.rawValue) AND NOT cancelled RETURNING task_count
-            )
-            SELECT (SELECT task_count FROM bumped), EXISTS (SELECT 1 FROM \(unescaped: sessionTable) WHERE id = \(session.rawValue))
-            """
-        ) { row in try row.decode((Int?, Bool).self) }
-        guard let (end, exists) = rows.first else { throw GridError.unavailable("no reply to reserveTaskIndices", backend: backend) }
-        if let end { return (end - count)..<end }
-        if exists {
-            throw GridError(.conflict, "session \(session) was cancelled; submit to a new session", backend: backend)
-        }
-        throw GridError.notFound("session \(session) does not exist; create it first", backend: backend)
-    }
-
-    /// Removes a session's record and all of its task records, whatever their states, in one statement.
+    /// Removes a session's record, its submissions and all of its task records, whatever their
+    /// states, in one statement.
     ///
     /// - Returns: how many task records were removed.
     /// - Throws: ``GridKernel/GridError/Code/notFound`` when the session does not exist;
@@ -113,6 +91,7 @@ public struct PostgresStateStore: StateStore {
             "deleteSession",
             """
             WITH gone AS (DELETE FROM \(unescaped: sessionTable) WHERE id = \(id.rawValue) RETURNING id),
+                 submissions AS (DELETE FROM \(unescaped: submissionTable) WHERE session = \(id.rawValue)),
                  tasks AS (DELETE FROM \(unescaped: taskTable) WHERE session = \(id.rawValue) RETURNING 1)
             SELECT (SELECT count(*) FROM gone)::int8, (SELECT count(*) FROM tasks)::int8
             """
@@ -146,7 +125,8 @@ public struct PostgresStateStore: StateStore {
                 SELECT \(first.id.session.rawValue), i, \(first.state.rawValue), \(first.owner?.rawValue),
                        \(first.leaseExpiry?.timeIntervalSince1970), \(first.retries), \(first.maxRetries), \(first.priority),
                        \(first.timeout?.timeInterval), \(first.submittedAt.timeIntervalSince1970),
-                       \(first.startedAt?.timeIntervalSince1970), \(first.completedAt?.timeIntervalSince1970), \(first.lastError), NULL::bytea
+                       \(first.startedAt?.timeIntervalSince1970), \(first.completedAt?.timeIntervalSince1970), \(first.lastError), NULL::bytea,
+                       \(first.attempt), \(first.claimToken?.rawValue)
                 FROM unnest(\(tasks.map(\.id.index))::int8[]) AS i
                 ON CONFLICT DO NOTHING
                 """)
@@ -173,18 +153,21 @@ public struct PostgresStateStore: StateStore {
         let errors: [String] = tasks.map { $0.lastError ?? "" }
         let hasOutput: [Bool] = tasks.map { $0.output != nil }
         let outputs: [ByteBuffer] = tasks.map { ByteBuffer(bytes: $0.output ?? []) }
+        let attempts: [Int] = tasks.map(\.attempt)
+        let hasToken: [Bool] = tasks.map { $0.claimToken != nil }
+        let tokens: [String] = tasks.map { $0.claimToken?.rawValue ?? "" }
         try await database.execute(
             "createTasks",
             """
             INSERT INTO \(unescaped: taskTable) (\(unescaped: Self.taskColumns))
             SELECT s, i, st, CASE WHEN ho THEN o END, NULLIF(le, 'NaN'), r, mr, p, NULLIF(t, 'NaN'), sub,
-                   NULLIF(sa, 'NaN'), NULLIF(ca, 'NaN'), CASE WHEN he THEN e END, CASE WHEN hop THEN op END
+                   NULLIF(sa, 'NaN'), NULLIF(ca, 'NaN'), CASE WHEN he THEN e END, CASE WHEN hop THEN op END, a, CASE WHEN ht THEN tk END
             FROM unnest(
                 \(sessions)::text[], \(indices)::int8[], \(states)::text[], \(hasOwner)::bool[], \(owners)::text[],
                 \(leaseExpiries)::float8[], \(retries)::int8[], \(maxRetries)::int8[], \(priorities)::int8[], \(timeouts)::float8[],
                 \(submitted)::float8[], \(started)::float8[], \(completed)::float8[], \(hasError)::bool[], \(errors)::text[],
-                \(hasOutput)::bool[], \(outputs)::bytea[]
-            ) AS j(s, i, st, ho, o, le, r, mr, p, t, sub, sa, ca, he, e, hop, op)
+                \(hasOutput)::bool[], \(outputs)::bytea[], \(attempts)::int8[], \(hasToken)::bool[], \(tokens)::text[]
+            ) AS j(s, i, st, ho, o, le, r, mr, p, t, sub, sa, ca, he, e, hop, op, a, ht, tk)
             ON CONFLICT DO NOTHING
             """)
         if tasks.count >= Self.analyzeThreshold { try await database.refreshStatistics() }
@@ -193,22 +176,33 @@ public struct PostgresStateStore: StateStore {
     /// A submission at least this large refreshes the planner's statistics (``PostgresDatabase/refreshStatistics()``).
     static let analyzeThreshold = 1_000
 
-    /// Claims the pending, unowned tasks among `ids` for `owner`.
+    /// Claims tasks for `owner` by ``GridKernel/TaskRecord/claimed(by:token:leaseExpiry:now:)``: the
+    /// pending, unowned tasks among `ids` start a new attempt (`attempt + 1`, this call's token), and
+    /// those that are processing under this owner and token (this call, sent again) are returned as
+    /// they are, in the same statement.
     ///
     /// - Returns: the records of the tasks won, in the order of `ids`.
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
-    public func claim(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
+    public func claim(_ ids: [TaskID], owner: AgentID, token: ClaimToken, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
         guard !ids.isEmpty else { return [] }
         let keys = Self.keys(ids)
         let records = try await database.collect(
             "claim",
             """
-            UPDATE \(unescaped: taskTable) AS t
-            SET state = 'processing', owner = \(owner.rawValue), lease_expiry = \(leaseExpiry.timeIntervalSince1970),
-                started_at = \(now.timeIntervalSince1970)
-            FROM unnest(\(keys.sessions)::text[], \(keys.indices)::int8[]) AS j(s, i)
-            WHERE t.session = j.s AND t.idx = j.i AND t.state = 'pending' AND t.owner IS NULL
-            RETURNING \(unescaped: Self.taskColumns(prefix: "t."))
+            WITH won AS (
+                UPDATE \(unescaped: taskTable) AS t
+                SET state = 'processing', owner = \(owner.rawValue), lease_expiry = \(leaseExpiry.timeIntervalSince1970),
+                    started_at = \(now.timeIntervalSince1970), attempt = t.attempt + 1, claim_token = \(token.rawValue)
+                FROM unnest(\(keys.sessions)::text[], \(keys.indices)::int8[]) AS j(s, i)
+                WHERE t.session = j.s AND t.idx = j.i AND t.state = 'pending' AND t.owner IS NULL
+                RETURNING \(unescaped: Self.taskColumns(prefix: "t."))
+            ),
+            again AS (
+                SELECT \(unescaped: Self.taskColumns(prefix: "t.")) FROM \(unescaped: taskTable) AS t
+                JOIN unnest(\(keys.sessions)::text[], \(keys.indices)::int8[]) AS j(s, i) ON t.session = j.s AND t.idx = j.i
+                WHERE t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.claim_token = \(token.rawValue)
+            )
+            SELECT * FROM won UNION ALL SELECT * FROM again
             """,
             Self.decodeTask)
         // RETURNING yields rows in no particular order: answer in the order asked.
@@ -216,65 +210,90 @@ public struct PostgresStateStore: StateStore {
         return ids.compactMap { won.removeValue(forKey: $0) }
     }
 
-    /// Moves the lease expiry of the tasks among `ids` that are processing and owned by `owner`.
+    /// Moves the lease expiry of the current attempts `owner` runs, by
+    /// ``GridKernel/TaskRecord/heartbeated(by:attempt:leaseExpiry:)``.
     ///
-    /// - Returns: the tasks still owned.
+    /// - Returns: the tasks still held.
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
-    public func heartbeat(_ ids: [TaskID], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
-        guard !ids.isEmpty else { return [] }
-        let keys = Self.keys(ids)
+    public func heartbeat(_ attempts: [TaskAttempt], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
+        guard !attempts.isEmpty else { return [] }
+        let sorted = Self.oncePerTask(attempts, id: \.id, keep: .last)
         return Set(
             try await database.collect(
                 "heartbeat",
                 """
                 UPDATE \(unescaped: taskTable) AS t SET lease_expiry = \(leaseExpiry.timeIntervalSince1970)
-                FROM unnest(\(keys.sessions)::text[], \(keys.indices)::int8[]) AS j(s, i)
-                WHERE t.session = j.s AND t.idx = j.i AND t.state = 'processing' AND t.owner = \(owner.rawValue)
+                FROM unnest(\(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.attempt))::int8[])
+                    AS j(s, i, a)
+                WHERE t.session = j.s AND t.idx = j.i AND t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.attempt = j.a
                 RETURNING t.session, t.idx
                 """,
                 Self.decodeID))
     }
 
-    /// Marks the tasks that are processing and owned by `owner` finished, storing inline outputs.
+    /// Finishes the current attempts `owner` runs, storing inline outputs and clearing the last
+    /// error, by ``GridKernel/TaskRecord/finished(by:attempt:output:at:)``.
     ///
     /// - Returns: the tasks that were finished.
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
     public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
         guard !completions.isEmpty else { return [] }
-        let sorted = completions.sorted { $0.id < $1.id }
+        let sorted = Self.oncePerTask(completions, id: \.id, keep: .first)
         return Set(
             try await database.collect(
                 "finish",
                 """
                 UPDATE \(unescaped: taskTable) AS t
                 SET state = 'finished', owner = NULL, lease_expiry = NULL, completed_at = \(at.timeIntervalSince1970),
-                    output = CASE WHEN j.h THEN j.o END
+                    last_error = NULL, output = CASE WHEN j.h THEN j.o END
                 FROM unnest(
-                    \(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[],
+                    \(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.attempt))::int8[],
                     \(sorted.map { $0.output != nil })::bool[], \(sorted.map { ByteBuffer(bytes: $0.output ?? []) })::bytea[]
-                ) AS j(s, i, h, o)
-                WHERE t.session = j.s AND t.idx = j.i AND t.state = 'processing' AND t.owner = \(owner.rawValue)
+                ) AS j(s, i, a, h, o)
+                WHERE t.session = j.s AND t.idx = j.i AND t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.attempt = j.a
                 RETURNING t.session, t.idx
                 """,
                 Self.decodeID))
     }
 
-    /// Records failed runs of tasks that are processing and owned by `owner`, by the retry rule of
-    /// ``GridKernel/TaskRecord/afterFailure(message:retryable:at:)``, evaluated in SQL.
+    /// Records failed runs of the current attempts `owner` runs, by the retry rule
+    /// (``GridKernel/TaskRecord/failed(by:attempt:message:retryable:at:)``), evaluated in SQL.
     ///
-    /// - Returns: the new state of each task that was still owned.
+    /// - Returns: the new state of each task that was still held.
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
     public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
         guard !failures.isEmpty else { return [:] }
-        let sorted = failures.sorted { $0.id < $1.id }
+        let sorted = Self.oncePerTask(failures, id: \.id, keep: .first)
         return try await applyRetryRule(
-            "fail", sessions: sorted.map(\.id.session.rawValue), indices: sorted.map(\.id.index),
+            "fail", sessions: sorted.map(\.id.session.rawValue), indices: sorted.map(\.id.index), attempts: sorted.map(\.attempt),
             retryable: sorted.map(\.retryable), messages: sorted.map(\.message), at: at,
-            condition: "t.state = 'processing' AND t.owner = \(Self.literal(owner.rawValue))")
+            condition: "t.state = 'processing' AND t.owner = \(Self.literal(owner.rawValue)) AND t.attempt = j.a")
+    }
+
+    /// Gives back the current attempts `owner` runs, unrun, by
+    /// ``GridKernel/TaskRecord/released(by:attempt:)``: pending again, owner and lease cleared, no
+    /// retry charged.
+    ///
+    /// - Returns: the tasks released.
+    /// - Throws: ``GridKernel/GridError/Code/unavailable``.
+    public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
+        guard !attempts.isEmpty else { return [] }
+        let sorted = Self.oncePerTask(attempts, id: \.id, keep: .last)
+        return Set(
+            try await database.collect(
+                "release",
+                """
+                UPDATE \(unescaped: taskTable) AS t SET state = 'pending', owner = NULL, lease_expiry = NULL
+                FROM unnest(\(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.attempt))::int8[])
+                    AS j(s, i, a)
+                WHERE t.session = j.s AND t.idx = j.i AND t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.attempt = j.a
+                RETURNING t.session, t.idx
+                """,
+                Self.decodeID))
     }
 
     /// Reaps the tasks among `ids` that are processing with a lease expiry before `now`, by the retry
-    /// rule with the error "lease expired".
+    /// rule with the error "lease expired" (``GridKernel/TaskRecord/expired(now:)``).
     ///
     /// - Returns: the new state of each task reaped.
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
@@ -282,15 +301,17 @@ public struct PostgresStateStore: StateStore {
         guard !ids.isEmpty else { return [:] }
         let keys = Self.keys(ids)
         return try await applyRetryRule(
-            "expire", sessions: keys.sessions, indices: keys.indices, retryable: keys.indices.map { _ in true },
-            messages: keys.indices.map { _ in "lease expired" }, at: now,
+            "expire", sessions: keys.sessions, indices: keys.indices, attempts: keys.indices.map { _ in 0 },
+            retryable: keys.indices.map { _ in true }, messages: keys.indices.map { _ in TaskRecord.leaseExpiredMessage }, at: now,
             condition: "t.state = 'processing' AND t.lease_expiry < \(now.timeIntervalSince1970.description)")
     }
 
-    /// The retry rule in SQL: every `SET` expression sees the row as it was, so all of them read the
-    /// same `retries`. `condition` is trusted SQL (a quoted owner or a number).
+    /// The retry rule of ``GridKernel/TaskRecord/afterFailure(message:retryable:at:)`` in SQL: every
+    /// `SET` expression sees the row as it was, so all of them read the same `retries`. `condition` is
+    /// trusted SQL (a quoted owner, a number, `j.a`: the attempt named).
     private func applyRetryRule(
-        _ operation: String, sessions: [String], indices: [Int], retryable: [Bool], messages: [String], at: Date, condition: String
+        _ operation: String, sessions: [String], indices: [Int], attempts: [Int], retryable: [Bool], messages: [String], at: Date,
+        condition: String
     ) async throws -> [TaskID: TaskState] {
         let rows = try await database.collect(
             operation,
@@ -300,7 +321,8 @@ public struct PostgresStateStore: StateStore {
                 retries = t.retries + CASE WHEN j.r AND t.retries < t.max_retries THEN 1 ELSE 0 END,
                 completed_at = CASE WHEN j.r AND t.retries < t.max_retries THEN t.completed_at ELSE \(at.timeIntervalSince1970) END,
                 owner = NULL, lease_expiry = NULL, last_error = j.m
-            FROM unnest(\(sessions)::text[], \(indices)::int8[], \(retryable)::bool[], \(messages)::text[]) AS j(s, i, r, m)
+            FROM unnest(\(sessions)::text[], \(indices)::int8[], \(attempts)::int8[], \(retryable)::bool[], \(messages)::text[])
+                AS j(s, i, a, r, m)
             WHERE t.session = j.s AND t.idx = j.i AND \(unescaped: condition)
             RETURNING t.session, t.idx, t.state
             """
@@ -311,13 +333,14 @@ public struct PostgresStateStore: StateStore {
         return Dictionary(rows, uniquingKeysWith: { first, _ in first })
     }
 
-    /// Fails the tasks that are not terminal, whatever their owner.
+    /// Fails the tasks that are not terminal, whatever their owner or attempt, by
+    /// ``GridKernel/TaskRecord/forceFailed(message:at:)``.
     ///
     /// - Returns: the tasks that were failed.
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
     public func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID> {
         guard !failures.isEmpty else { return [] }
-        let sorted = failures.sorted { $0.id < $1.id }
+        let sorted = Self.oncePerTask(failures, id: \.id, keep: .first)
         return Set(
             try await database.collect(
                 "forceFail",
@@ -332,7 +355,8 @@ public struct PostgresStateStore: StateStore {
                 Self.decodeID))
     }
 
-    /// Cancels the tasks among `ids` that are not terminal (owner cleared).
+    /// Cancels the tasks among `ids` that are not terminal (owner and lease cleared), by
+    /// ``GridKernel/TaskRecord/cancelled(at:)``.
     ///
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
     public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
@@ -408,6 +432,21 @@ public struct PostgresStateStore: StateStore {
         return record
     }
 
+    /// Reads the tasks that exist among `ids`, in one statement.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/unavailable``.
+    public func tasks(_ ids: [TaskID]) async throws -> [TaskRecord] {
+        guard !ids.isEmpty else { return [] }
+        let keys = Self.keys(ids)
+        return try await database.collect(
+            "tasks",
+            """
+            SELECT \(unescaped: Self.taskColumns(prefix: "t.")) FROM \(unescaped: taskTable) AS t
+            JOIN unnest(\(keys.sessions)::text[], \(keys.indices)::int8[]) AS j(s, i) ON t.session = j.s AND t.idx = j.i
+            """,
+            Self.decodeTask)
+    }
+
     /// Counts a session's tasks by state (an index-only scan of `task_by_state` when the table is vacuumed).
     ///
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
@@ -459,10 +498,26 @@ public struct PostgresStateStore: StateStore {
 
     // MARK: - Rows
 
-    /// The ids sorted (the lock order of every batch) and split into two arrays for `unnest`.
+    /// The ids once each, sorted (the lock order of every batch), split into two arrays for `unnest`.
     static func keys(_ ids: [TaskID]) -> (sessions: [String], indices: [Int]) {
-        let sorted = ids.sorted()
+        let sorted = Set(ids).sorted()
         return (sorted.map(\.session.rawValue), sorted.map(\.index))
+    }
+
+    /// Which entry of a batch counts when it names a task twice.
+    enum Repeated {
+        case first, last
+    }
+
+    /// One entry per task (the first or the last of those naming it, as the kernel's reference store
+    /// takes them), sorted by task id: the lock order of every batch.
+    static func oncePerTask<Entry>(_ entries: [Entry], id: (Entry) -> TaskID, keep: Repeated) -> [Entry] {
+        var byID: [TaskID: Entry] = [:]
+        for entry in entries {
+            let key = id(entry)
+            if keep == .last || byID[key] == nil { byID[key] = entry }
+        }
+        return byID.sorted { $0.key < $1.key }.map(\.value)
     }
 
     /// A string as an SQL literal (for the few values written into SQL text rather than bound).
@@ -475,7 +530,7 @@ public struct PostgresStateStore: StateStore {
     static func taskColumns(prefix: String) -> String {
         [
             "session", "idx", "state", "owner", "lease_expiry", "retries", "max_retries", "priority", "timeout",
-            "submitted_at", "started_at", "completed_at", "last_error", "output",
+            "submitted_at", "started_at", "completed_at", "last_error", "output", "attempt", "claim_token",
         ].map { prefix + $0 }.joined(separator: ", ")
     }
 
@@ -485,9 +540,13 @@ public struct PostgresStateStore: StateStore {
     }
 
     private static func decodeTask(_ row: PostgresRow) throws -> TaskRecord {
-        let (session, index, state, owner, leaseExpiry, retries, maxRetries, priority, timeout, submitted, started, completed, error, output) =
+        let (
+            session, index, state, owner, leaseExpiry, retries, maxRetries, priority, timeout, submitted, started, completed, error, output,
+            attempt, token
+        ) =
             try row.decode(
-                (String, Int, String, String?, Double?, Int, Int, Int, Double?, Double, Double?, Double?, String?, ByteBuffer?).self)
+                (String, Int, String, String?, Double?, Int, Int, Int, Double?, Double, Double?, Double?, String?, ByteBuffer?, Int, String?)
+                    .self)
         return TaskRecord(
             id: TaskID(session: try SessionID(session), index: index),
             state: TaskState(rawValue: state) ?? .failed,
@@ -501,7 +560,9 @@ public struct PostgresStateStore: StateStore {
             startedAt: started.map(Date.init(timeIntervalSince1970:)),
             completedAt: completed.map(Date.init(timeIntervalSince1970:)),
             lastError: error,
-            output: output.map { Array($0.readableBytesView) }
+            output: output.map { Array($0.readableBytesView) },
+            attempt: attempt,
+            claimToken: try token.map(ClaimToken.init)
         )
     }
 

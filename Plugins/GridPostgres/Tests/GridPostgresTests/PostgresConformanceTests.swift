@@ -21,3 +21,13 @@ func postgresState(_ c: StateConformance.Case) async throws {
 func postgresPayloads(_ c: PayloadConformance.Case) async throws {
     try await PayloadConformance { ctx in PostgresPayloadStore(database: try await PostgresTestServer.database(ctx)) }.run(c)
 }
+
+@Test(.enabled(if: PostgresTestServer.enabled, PostgresTestServer.skipReason), arguments: GridConformance.Case.allCases)
+func postgresGrid(_ c: GridConformance.Case) async throws {
+    try await GridConformance { ctx in
+        let database = try await PostgresTestServer.database(ctx)
+        return GridBackends(
+            queue: PostgresTaskQueue(database: database), state: PostgresStateStore(database: database),
+            payloads: PostgresPayloadStore(database: database))
+    }.run(c)
+}
