@@ -17,36 +17,8 @@ import FoundationNetworking
 
     /// Starts `htc-server` on a free loopback port and returns it with its base URL, read from its log.
     private func startServer(grid: String, keys: String) async throws -> (Process, URL) {
-        let server = Process()
-        server.executableURL = try binary("htc-server")
-        server.arguments = ["--listen", "127.0.0.1:0", "--grid", grid, "--api-keys", keys, "--log-level", "info"]
-        let pipe = Pipe()
-        server.standardError = pipe
-        server.standardOutput = FileHandle.nullDevice
-        try server.run()
-        let port: Int? = await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                var text = ""
-                let handle = pipe.fileHandleForReading
-                while true {
-                    let data = handle.availableData
-                    if data.isEmpty { return continuation.resume(returning: nil) }
-                    text += String(decoding: data, as: UTF8.self)
-                    if let line = text.split(separator: "\n").first(where: { $0.contains("listening on 127.0.0.1:") }),
-                        let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) })
-                    {
-                        // Keep draining the log so the server never blocks on a full pipe.
-                        DispatchQueue.global().async { while !handle.availableData.isEmpty {} }
-                        return continuation.resume(returning: port)
-                    }
-                }
-            }
-        }
-        guard let port else {
-            server.terminate()
-            throw GridError.unavailable("htc-server did not report its port")
-        }
-        return (server, URL(string: "http://127.0.0.1:\(port)")!)
+        let server = try await ServerProcess.start(executable: try binary("htc-server"), arguments: ["--grid", grid, "--api-keys", keys])
+        return (server.process, server.base)
     }
 
     private func request(_ base: URL, _ method: String, _ path: String, body: Data? = nil, key: String) async throws -> (Int, Data) {
