@@ -21,9 +21,10 @@ public struct ClaimToken: Hashable, Sendable, Codable, CustomStringConvertible {
 
     private init(unchecked rawValue: String) { self.rawValue = rawValue }
 
-    /// A new random token (16 hex digits).
+    /// A new random token: 64 random bits in at most 13 base-36 digits, short enough to stay a small
+    /// (inline, unallocated) string in every record that carries it.
     public static func random() -> ClaimToken {
-        ClaimToken(unchecked: String(UInt64.random(in: 1...UInt64.max), radix: 16))
+        ClaimToken(unchecked: String(UInt64.random(in: 1...UInt64.max), radix: 36))
     }
 
     public var description: String { rawValue }
@@ -72,7 +73,8 @@ public struct TaskAttempt: Hashable, Sendable {
 ///
 /// - **Claim**: a `pending`, unowned task becomes `processing`, owned, with `attempt + 1`, the call's
 ///   token, `startedAt = now` and the lease expiry. A claim whose owner and token match the current
-///   attempt of a `processing` task (the same call, sent again) returns it unchanged.
+///   attempt of a `processing` task (the same call, sent again) returns it unchanged. Every transition
+///   out of `processing` clears owner, lease and token (a token matters only while its attempt runs).
 /// - **Fencing**: heartbeat, finish, fail and release apply only to a `processing` task whose owner
 ///   *and* attempt match; a stale run (an older attempt, even of the same agent) changes nothing.
 /// - **Finish**: `finished`, owner and lease cleared, `completedAt`, the inline output, and no
@@ -122,6 +124,7 @@ extension TaskRecord {
         next.state = .finished
         next.owner = nil
         next.leaseExpiry = nil
+        next.claimToken = nil
         next.completedAt = date
         next.lastError = nil
         next.output = output
@@ -141,6 +144,7 @@ extension TaskRecord {
         next.state = .pending
         next.owner = nil
         next.leaseExpiry = nil
+        next.claimToken = nil
         return next
     }
 
@@ -159,6 +163,7 @@ extension TaskRecord {
         next.state = .failed
         next.owner = nil
         next.leaseExpiry = nil
+        next.claimToken = nil
         next.lastError = message
         next.completedAt = date
         return next
@@ -171,17 +176,19 @@ extension TaskRecord {
         next.state = .cancelled
         next.owner = nil
         next.leaseExpiry = nil
+        next.claimToken = nil
         next.completedAt = date
         return next
     }
 
     /// The record after a failed run or an expired lease, by the grid's one retry rule: back to
     /// `pending` with `retries + 1` while `retries < maxRetries` and the failure is retryable,
-    /// otherwise `failed`. Owner and lease are cleared; the error is kept.
+    /// otherwise `failed`. Owner, lease and claim token are cleared; the error is kept.
     public func afterFailure(message: String, retryable: Bool, at date: Date) -> TaskRecord {
         var next = self
         next.owner = nil
         next.leaseExpiry = nil
+        next.claimToken = nil
         next.lastError = message
         if retryable && retries < maxRetries {
             next.state = .pending

@@ -191,16 +191,16 @@ final class PayloadProxy: PayloadStore, Sendable {
         let session = try await client.createSession()
         let id = try await client.submit(session.id, inputs: [[7]])[0]
         let gate = Gate()
-        // A's state lease has 1.5 s to spare at each renewal, so a slow machine cannot let it expire.
+        // Leases with seconds to spare at each renewal, so a slow machine cannot let them expire.
         var configurationA = fastAgent("agent-a", concurrency: 1)
-        configurationA.leaseDuration = .seconds(4)
-        configurationA.heartbeatInterval = .milliseconds(500)
+        configurationA.leaseDuration = .seconds(6)
+        configurationA.heartbeatInterval = .seconds(1)
         let agentA = try Agent(
             backends: GridBackends(queue: queueA, state: memory.state, payloads: memory.payloads),
             handler: ClosureHandler { input, _ in await gate.wait(); return input }, configuration: configurationA)
         var configurationB = fastAgent("agent-b", concurrency: 1)
-        configurationB.leaseDuration = .seconds(1)
-        configurationB.heartbeatInterval = .milliseconds(100)
+        configurationB.leaseDuration = .seconds(2)
+        configurationB.heartbeatInterval = .milliseconds(200)
         let agentB = try Agent(
             backends: GridBackends(queue: queueB, state: memory.state, payloads: memory.payloads),
             handler: ClosureHandler { input, _ in input }, configuration: configurationB)
@@ -209,8 +209,8 @@ final class PayloadProxy: PayloadStore, Sendable {
             queueA.failExtends(true)
             try await withAgent(agentB) {
                 try await waitUntil("agent B watches the message") { agentB.watchedCount == 1 }
-                // Three of B's lease durations, thirty of its heartbeats: handed back at each, the message
-                // would be delivered over and over, and dead-lettered at its third delivery.
+                // Three seconds, fifteen of B's heartbeats: handed back at each, the message would be
+                // delivered over and over, and dead-lettered at its third delivery.
                 let reaper = Reaper(backends: memory)
                 let start = ContinuousClock.now
                 while ContinuousClock.now < start + .seconds(3) {

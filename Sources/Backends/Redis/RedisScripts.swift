@@ -231,6 +231,7 @@ enum RedisScripts {
         local function afterFailure(i, t, msg, retryable, at)
           t[O] = false
           t[L] = false
+          t[CT] = false
           redis.call('ZREM', base..':leases', i)
           if retryable and t[R] < t[M] then
             t[S] = 'pending'
@@ -262,6 +263,7 @@ enum RedisScripts {
           t[C] = at
           t[O] = false
           t[L] = false
+          t[CT] = false
           save(i, t)
           redis.call('ZREM', base..':leases', i)
           move(i, s, 'cancelled')
@@ -452,6 +454,7 @@ enum RedisScripts {
             t[S] = 'pending'
             t[O] = false
             t[L] = false
+            t[CT] = false
             save(i, t)
             pending[#pending + 1] = i
             pending[#pending + 1] = i
@@ -476,6 +479,7 @@ enum RedisScripts {
             t[C] = at
             t[O] = false
             t[L] = false
+            t[CT] = false
             t[E] = false
             if ARGV[n + 2] == '1' then t[OUT] = ARGV[n + 3] else t[OUT] = false end
             save(i, t)
@@ -535,6 +539,7 @@ enum RedisScripts {
             t[E] = ARGV[n + 1]
             t[O] = false
             t[L] = false
+            t[CT] = false
             save(i, t)
             redis.call('ZREM', base..':leases', i)
             move(i, s, 'failed')

@@ -17,7 +17,8 @@ import GRDB
 //     state is the TaskState raw value ('pending', 'processing', 'finished', 'failed', 'cancelled');
 //     owner and lease_expiry are set only while 'processing'; output holds an inline output of a
 //     finished task; attempt counts the claims and claim_token is the token of the claim call that
-//     started the current one (v2). Every transition is one `UPDATE … WHERE <expected state, owner
+//     started the current one, while the task is processing (v2; declared without a type, so a token
+//     in base 36, as agents draw them, is kept as an 8-byte INTEGER, any other as TEXT). Every transition is one `UPDATE … WHERE <expected state, owner
 //     and attempt>`, translating the rules of GridKernel's TaskRules.swift.
 //   task_by_state (session, state, idx): counts per state and paging through one state in index
 //     order are range scans of this index (the primary key columns come with it, so it covers counts).
@@ -131,7 +132,8 @@ enum SQLiteSchema {
                 try db.execute(sql: "ALTER TABLE task ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
             }
             if !columns.contains("claim_token") {
-                try db.execute(sql: "ALTER TABLE task ADD COLUMN claim_token TEXT")
+                // No declared type, so no affinity: tokens drawn by agents stay 8-byte integers.
+                try db.execute(sql: "ALTER TABLE task ADD COLUMN claim_token")
             }
             try db.execute(sql: """
                 CREATE TABLE IF NOT EXISTS submission (

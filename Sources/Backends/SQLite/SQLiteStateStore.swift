@@ -178,7 +178,7 @@ public struct SQLiteStateStore: StateStore {
                     first.leaseExpiry?.timeIntervalSince1970, first.retries, first.maxRetries, first.priority,
                     first.timeout?.timeInterval, first.submittedAt.timeIntervalSince1970,
                     first.startedAt?.timeIntervalSince1970, first.completedAt?.timeIntervalSince1970, first.lastError,
-                    first.attempt, first.claimToken?.rawValue, indices,
+                    first.attempt, Self.stored(first.claimToken), indices,
                 ])
             }
             return
@@ -192,7 +192,7 @@ public struct SQLiteStateStore: StateStore {
                     task.leaseExpiry?.timeIntervalSince1970, task.retries, task.maxRetries, task.priority,
                     task.timeout?.timeInterval, task.submittedAt.timeIntervalSince1970,
                     task.startedAt?.timeIntervalSince1970, task.completedAt?.timeIntervalSince1970, task.lastError,
-                    DatabaseValue.blob(task.output), task.attempt, task.claimToken?.rawValue,
+                    DatabaseValue.blob(task.output), task.attempt, Self.stored(task.claimToken),
                 ])
             }
         }
@@ -224,16 +224,18 @@ public struct SQLiteStateStore: StateStore {
             let started = now.timeIntervalSince1970
             var won: [TaskID: TaskRecord] = [:]
             for (session, indices) in Self.bySession(ids) {
-                let list = Self.jsonArray(indices)
-                // The same call sent again after a lost reply: what it won is still its own.
-                let again = try Row.fetchCursor(repeated, arguments: [session.rawValue, list, owner.rawValue, token.rawValue])
-                while let row = try again.next() {
+                let rows = try Row.fetchCursor(
+                    update, arguments: [owner.rawValue, expiry, started, Self.stored(token), session.rawValue, Self.jsonArray(indices)])
+                while let row = try rows.next() {
                     let id = TaskID(session: session, index: row[1])
                     won[id] = try Self.decodeTask(row, id: id)
                 }
-                let rows = try Row.fetchCursor(
-                    update, arguments: [owner.rawValue, expiry, started, token.rawValue, session.rawValue, list])
-                while let row = try rows.next() {
+                // The same call sent again after a lost reply: what it won before is still its own. Only
+                // the tasks this update did not win are looked at, so a first call costs nothing more.
+                let rest = indices.filter { won[TaskID(session: session, index: $0)] == nil }
+                guard !rest.isEmpty else { continue }
+                let again = try Row.fetchCursor(repeated, arguments: [session.rawValue, Self.jsonArray(rest), owner.rawValue, Self.stored(token)])
+                while let row = try again.next() {
                     let id = TaskID(session: session, index: row[1])
                     won[id] = try Self.decodeTask(row, id: id)
                 }
@@ -256,7 +258,7 @@ public struct SQLiteStateStore: StateStore {
     /// - Returns: the tasks released.
     /// - Throws: ``GridError/Code/unavailable``.
     public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
-        try await attemptTransition("release", attempts, owner: owner, set: "state = 'pending', owner = NULL, lease_expiry = NULL", nil)
+        try await attemptTransition("release", attempts, owner: owner, set: "state = 'pending', owner = NULL, lease_expiry = NULL, claim_token = NULL", nil)
     }
 
     /// One `UPDATE … SET <set>` of the attempts among `attempts` that are current and owned by `owner`,
@@ -313,7 +315,7 @@ public struct SQLiteStateStore: StateStore {
             let update = try db.cachedStatement(
                 sql: """
                     WITH j(i, o, l, a) AS MATERIALIZED (SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1))
-                    UPDATE task SET state = 'finished', owner = NULL, lease_expiry = NULL, completed_at = ?2, last_error = NULL,
+                    UPDATE task SET state = 'finished', owner = NULL, lease_expiry = NULL, claim_token = NULL, completed_at = ?2, last_error = NULL,
                         output = CASE WHEN j.l < 0 THEN NULL WHEN j.l = 0 THEN x'' ELSE substr(CAST(?3 AS BLOB), j.o, j.l) END
                     FROM j
                     WHERE task.session = ?4 AND task.idx = j.i AND task.attempt = j.a AND task.state = 'processing' AND task.owner = ?5
@@ -389,7 +391,7 @@ public struct SQLiteStateStore: StateStore {
             state = CASE WHEN ?1 AND retries < max_retries THEN 'pending' ELSE 'failed' END,
             retries = retries + (?1 AND retries < max_retries),
             completed_at = CASE WHEN ?1 AND retries < max_retries THEN completed_at ELSE ?2 END,
-            owner = NULL, lease_expiry = NULL, last_error = ?3
+            owner = NULL, lease_expiry = NULL, claim_token = NULL, last_error = ?3
         WHERE \(condition)
         RETURNING idx, state
         """
@@ -404,7 +406,7 @@ public struct SQLiteStateStore: StateStore {
         return try await database.write("forceFail") { db in
             let update = try db.cachedStatement(
                 sql: """
-                    UPDATE task SET state = 'failed', owner = NULL, lease_expiry = NULL, last_error = ?, completed_at = ?
+                    UPDATE task SET state = 'failed', owner = NULL, lease_expiry = NULL, claim_token = NULL, last_error = ?, completed_at = ?
                     WHERE session = ? AND idx = ? AND state IN ('pending', 'processing')
                     """)
             var failed = Set<TaskID>(minimumCapacity: failures.count)
@@ -476,7 +478,7 @@ public struct SQLiteStateStore: StateStore {
 
     private static func cancelSQL(scope: String) -> String {
         """
-        UPDATE task SET state = 'cancelled', owner = NULL, lease_expiry = NULL, completed_at = ?
+        UPDATE task SET state = 'cancelled', owner = NULL, lease_expiry = NULL, claim_token = NULL, completed_at = ?
         WHERE \(scope) AND state = ?
         """
     }
@@ -656,8 +658,27 @@ public struct SQLiteStateStore: StateStore {
             lastError: row[12],
             output: try row.bytes(atIndex: 13),
             attempt: row[14],
-            claimToken: (row[15] as String?).flatMap { try? ClaimToken($0) }
+            claimToken: Self.claimToken(row[15])
         )
+    }
+
+    /// A claim token as the `claim_token` column keeps it: the tokens agents draw (64 bits in base 36)
+    /// as an INTEGER, 8 bytes and no text to decode; any other token as TEXT.
+    static func stored(_ token: ClaimToken?) -> DatabaseValue {
+        guard let token else { return .null }
+        if let bits = UInt64(token.rawValue, radix: 36), String(bits, radix: 36) == token.rawValue {
+            return Int64(bitPattern: bits).databaseValue
+        }
+        return token.rawValue.databaseValue
+    }
+
+    /// A claim token from the `claim_token` column (see ``stored(_:)``).
+    static func claimToken(_ value: DatabaseValue) -> ClaimToken? {
+        switch value.storage {
+        case .int64(let bits): return try? ClaimToken(String(UInt64(bitPattern: bits), radix: 36))
+        case .string(let text): return try? ClaimToken(text)
+        default: return nil
+        }
     }
 
     private static let submissionColumns = "session, key, first, count, sent, state, version, created_at, updated_at"

@@ -17,7 +17,12 @@ public final class Agent: Sendable {
     /// The task the agent owns, from claim until its outcome is stored.
     private struct Owned: Sendable {
         var lease: Lease
-        var record: TaskRecord
+        /// The task.
+        var id: TaskID
+        /// The attempt this agent runs.
+        var attempt: Int
+        /// The task's time limit.
+        var timeout: Duration?
         /// When the lease was taken or last renewed.
         var renewedAt: Date
         var work: Task<[UInt8], any Error>?
@@ -214,9 +219,9 @@ public final class Agent: Sendable {
             return []
         }
 
-        var owned: [Owned] = claimed.compactMap { record in byID[record.id].map { Owned(lease: $0, record: record, renewedAt: now) } }
-        owned.sort { $0.record.id < $1.record.id }
-        let externalKeys = owned.filter { $0.lease.payload == nil }.map { PayloadKey.input($0.record.id) }
+        var owned: [Owned] = claimed.compactMap { record in byID[record.id].map { Owned(lease: $0, id: record.id, attempt: record.attempt, timeout: record.timeout, renewedAt: now) } }
+        owned.sort { $0.id < $1.id }
+        let externalKeys = owned.filter { $0.lease.payload == nil }.map { PayloadKey.input($0.id) }
         let external: [String: [UInt8]]
         do {
             external = externalKeys.isEmpty ? [:] : try await backends.payloads.get(externalKeys)
@@ -235,16 +240,16 @@ public final class Agent: Sendable {
             for task in owned {
                 // The same task under an older attempt of this agent (its lease was reaped while it ran):
                 // that run is stale; stop it, and let nothing it produces be stored.
-                if let older = state.owned[task.record.id], let work = older.work { replaced.append(work) }
-                state.owned[task.record.id] = task
-                if let input = task.lease.payload ?? external[PayloadKey.input(task.record.id)] {
+                if let older = state.owned[task.id], let work = older.work { replaced.append(work) }
+                state.owned[task.id] = task
+                if let input = task.lease.payload ?? external[PayloadKey.input(task.id)] {
                     state.active += 1
                     started.append((task, input))
                 } else {
                     missing.append(
                         Finished(
-                            id: task.record.id, attempt: task.record.attempt,
-                            outcome: .failure("input \(PayloadKey.input(task.record.id)) is missing from the payload store", retryable: false)
+                            id: task.id, attempt: task.attempt,
+                            outcome: .failure("input \(PayloadKey.input(task.id)) is missing from the payload store", retryable: false)
                         )
                     )
                 }
@@ -273,7 +278,7 @@ public final class Agent: Sendable {
     /// Gives claimed tasks back unrun (state and queue); best effort: what fails here is reaped later.
     private func releaseUnrun(_ owned: [Owned]) async {
         do {
-            let released = try await backends.state.release(owned.map { TaskAttempt(id: $0.record.id, attempt: $0.record.attempt) }, owner: configuration.id)
+            let released = try await backends.state.release(owned.map { TaskAttempt(id: $0.id, attempt: $0.attempt) }, owner: configuration.id)
             counters.released.increment(by: released.count)
             try await backends.queue.release(owned.map(\.lease), delay: .zero)
         } catch {
@@ -282,16 +287,16 @@ public final class Agent: Sendable {
     }
 
     private func execute(_ task: Owned, input: [UInt8]) async {
-        let id = task.record.id
-        let attempt = task.record.attempt
+        let id = task.id
+        let attempt = task.attempt
         var taskLogger = logger
         taskLogger[metadataKey: "task"] = "\(id)"
-        let context = TaskContext(id: id, attempt: attempt, timeout: task.record.timeout, logger: taskLogger)
+        let context = TaskContext(id: id, attempt: attempt, timeout: task.timeout, logger: taskLogger)
         // The handler runs in its own task so that a heartbeat that finds the task cancelled or its lease
         // lost can cancel just this one; the child here awaits it, so it never outlives the agent.
         let work = Task { try await self.runHandler(input: input, context: context) }
         let cancelNow = state.withLock { state -> Bool in
-            guard state.owned[id]?.record.attempt == attempt else { return true }
+            guard state.owned[id]?.attempt == attempt else { return true }
             state.owned[id]?.work = work
             return state.owned[id]?.lost ?? true
         }
@@ -301,7 +306,7 @@ public final class Agent: Sendable {
         state.withLock { state in
             state.active -= 1
             // A newer attempt of the same task replaced this run: there is nothing of it to store.
-            guard let current = state.owned[id], current.record.attempt == attempt else { return }
+            guard let current = state.owned[id], current.attempt == attempt else { return }
             let outcome: Outcome
             if current.lost {
                 outcome = .discarded
@@ -387,7 +392,7 @@ public final class Agent: Sendable {
         let leases: [TaskID: Lease] = state.withLock { state in
             Dictionary(
                 batch.compactMap { item in
-                    state.owned[item.id].flatMap { $0.record.attempt == item.attempt ? (item.id, $0.lease) : nil }
+                    state.owned[item.id].flatMap { $0.attempt == item.attempt ? (item.id, $0.lease) : nil }
                 }, uniquingKeysWith: { first, _ in first })
         }
         var completions: [TaskCompletion] = []
@@ -475,7 +480,7 @@ public final class Agent: Sendable {
         if !retry.isEmpty { try await backends.queue.release(retry, delay: configuration.retryDelay) }
         if !unowned.isEmpty { await settleUnowned(unowned) }
         state.withLock { state in
-            for item in batch where state.owned[item.id]?.record.attempt == item.attempt { state.owned[item.id] = nil }
+            for item in batch where state.owned[item.id]?.attempt == item.attempt { state.owned[item.id] = nil }
         }
         counters.finished.increment(by: finishedCount)
         counters.failed.increment(by: failedCount)
@@ -560,31 +565,31 @@ public final class Agent: Sendable {
         if !due.isEmpty {
             let expiry = now.addingTimeInterval(configuration.leaseDuration.timeInterval)
             let stillOwned = try await backends.state.heartbeat(
-                due.map { TaskAttempt(id: $0.record.id, attempt: $0.record.attempt) }, owner: configuration.id, leaseExpiry: expiry)
-            lost += due.filter { !stillOwned.contains($0.record.id) }
-            let renewed = due.filter { stillOwned.contains($0.record.id) }
+                due.map { TaskAttempt(id: $0.id, attempt: $0.attempt) }, owner: configuration.id, leaseExpiry: expiry)
+            lost += due.filter { !stillOwned.contains($0.id) }
+            let renewed = due.filter { stillOwned.contains($0.id) }
             state.withLock { state in
-                for task in renewed { state.owned[task.record.id]?.renewedAt = now }
+                for task in renewed { state.owned[task.id]?.renewedAt = now }
             }
             if !renewed.isEmpty {
                 _ = try await backends.queue.extend(renewed.map(\.lease), duration: configuration.leaseDuration)
             }
         }
-        for session in Set(young.map(\.record.id.session)) {
+        for session in Set(young.map(\.id.session)) {
             let ended: Bool
             do {
                 ended = try await backends.state.session(session).cancelled
             } catch let error as GridError where error.code == .notFound {
                 ended = true
             }
-            if ended { lost += young.filter { $0.record.id.session == session } }
+            if ended { lost += young.filter { $0.id.session == session } }
         }
         if !lost.isEmpty {
             let works: [Task<[UInt8], any Error>] = state.withLock { state in
                 lost.compactMap { task in
-                    guard state.owned[task.record.id]?.record.attempt == task.record.attempt else { return nil }
-                    state.owned[task.record.id]?.lost = true
-                    return state.owned[task.record.id]?.work
+                    guard state.owned[task.id]?.attempt == task.attempt else { return nil }
+                    state.owned[task.id]?.lost = true
+                    return state.owned[task.id]?.work
                 }
             }
             for work in works { work.cancel() }
