@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 
 /// Settings of a ``Reaper``.
@@ -79,13 +80,23 @@ public struct Reaper: Sendable {
     /// Runs passes every ``ReaperConfiguration/interval`` until cancelled; errors are logged and the next
     /// pass tries again.
     public func run() async {
+        // Submissions are looked at a few times per grace period, not at every pass: a repair can wait
+        // that long, and on DynamoDB each look is a query.
+        let repairEvery = max(configuration.interval, configuration.submissionGrace / 4)
+        var lastRepairLook: Date?
         while !Task.isCancelled {
             do {
-                let report = try await runOnce()
+                let now = clock.now
+                let repairing = lastRepairLook.map { now.timeIntervalSince($0) >= repairEvery.timeInterval } ?? true
+                if repairing { lastRepairLook = now }
+                let report = try await runOnce(repairingSubmissions: repairing)
                 if report != ReaperReport() {
                     logger.info(
                         "reaped tasks",
-                        metadata: ["requeued": "\(report.requeued)", "failed": "\(report.failed)", "deadLettered": "\(report.deadLettered)"]
+                        metadata: [
+                            "requeued": "\(report.requeued)", "failed": "\(report.failed)", "deadLettered": "\(report.deadLettered)",
+                            "submissionsRepaired": "\(report.submissionsRepaired)", "resent": "\(report.resent)", "unsentFailed": "\(report.unsentFailed)",
+                        ]
                     )
                 }
             } catch {
@@ -97,8 +108,10 @@ public struct Reaper: Sendable {
 
     /// Runs one pass.
     ///
+    /// - Parameter repairingSubmissions: whether the pass also looks for stalled submissions;
+    ///   ``run()`` does so every quarter of the grace period.
     /// - Throws: ``GridError/Code/unavailable`` when a backend cannot be reached.
-    public func runOnce() async throws -> ReaperReport {
+    public func runOnce(repairingSubmissions: Bool = true) async throws -> ReaperReport {
         var report = ReaperReport()
         var handled = 0
         while handled < configuration.maxPerPass {
@@ -128,7 +141,7 @@ public struct Reaper: Sendable {
             }
         }
         counters.deadLettered.increment(by: report.deadLettered)
-        try await repairSubmissions(&report)
+        if repairingSubmissions { try await repairSubmissions(&report) }
         return report
     }
 
