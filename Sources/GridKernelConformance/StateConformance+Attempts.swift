@@ -125,7 +125,7 @@ extension StateConformance.Cases {
 
     // MARK: The kernel's rules, step by step
 
-    /// 200 random transitions over six tasks, two agents and two claim tokens, with stale and future
+    /// 300 random transitions over six tasks, two agents and two claim tokens, with stale and current
     /// attempts; after each, the store's answer and every record must be what the kernel's rules
     /// (TaskRules.swift) give.
     func transitionsFollowTheKernelRules() async throws {
@@ -136,15 +136,21 @@ extension StateConformance.Cases {
         let agents = [agentA, agentB]
         let tokens = [ClaimToken.random(), ClaimToken.random()]
         var now = 0
-        for step in 0..<200 {
+        // Stale transitions refused although the task was processing under the same owner: the walk
+        // must show the fencing at work, not merely avoid it.
+        var staleRefusals = 0
+        for step in 0..<300 {
             now += Int(random.next() % 4)
             let picked = ids.filter { _ in random.next() % 3 == 0 }
             let chosen = picked.isEmpty ? [ids[Int(random.next() % UInt64(ids.count))]] : picked
-            let owner = agents[Int(random.next() % 2)]
-            let attemptOffset = Int(random.next() % 4) == 0 ? -1 : 0
+            // Mostly the owner of a chosen task, so that fenced transitions meet tasks they could change.
+            let owner = random.next() % 4 != 0 ? (model[chosen[0]]?.owner ?? agents[0]) : agents[Int(random.next() % 2)]
+            let attemptOffset = Int(random.next() % 2) == 0 ? -1 : 0
             func attempt(_ id: TaskID) -> Int { (model[id]?.attempt ?? 0) + attemptOffset }
+            let held = chosen.filter { model[$0]?.state == .processing && model[$0]?.owner == owner }.count
             let at = self.at(now)
             let operation = random.next() % 8
+            if (1...4).contains(operation) && attemptOffset < 0 { staleRefusals += held }
             var what = ""
             switch operation {
             case 0:
@@ -212,6 +218,7 @@ extension StateConformance.Cases {
         }
         let states = Set(model.values.map(\.state))
         try expect(states.count >= 2, "the random walk reached several states: \(states)")
+        try expect(staleRefusals >= 8, "the random walk sent stale transitions to held tasks \(staleRefusals) times (at least 8)")
     }
 
     /// Applies a rule to each task once, as the store must; returns the records it changed, by id.

@@ -48,7 +48,7 @@ public struct StateConformance: Sendable {
         case finishClearsLastError
         /// `tasks(_:)` reads the existing tasks among many ids in one call.
         case tasksReadInABatch
-        /// 200 random transitions (claims with repeated tokens, heartbeats, finishes, failures and
+        /// 300 random transitions (claims with repeated tokens, heartbeats, finishes, failures and
         /// releases of current and stale attempts, expiries, force-fails, cancels): every answer and
         /// every record, field by field, is what the kernel's rules in TaskRules.swift give.
         case transitionsFollowTheKernelRules
