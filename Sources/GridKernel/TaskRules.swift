@@ -120,11 +120,7 @@ extension TaskRecord {
     /// The record after the current attempt finished, or `nil` for a stale one.
     public func finished(by owner: AgentID, attempt: Int, output: [UInt8]?, at date: Date) -> TaskRecord? {
         guard isHeld(by: owner, attempt: attempt) else { return nil }
-        var next = self
-        next.state = .finished
-        next.owner = nil
-        next.leaseExpiry = nil
-        next.claimToken = nil
+        var next = leavingProcessing(for: .finished)
         next.completedAt = date
         next.lastError = nil
         next.output = output
@@ -140,12 +136,7 @@ extension TaskRecord {
     /// The record after the current attempt was given back unrun, or `nil` for a stale one.
     public func released(by owner: AgentID, attempt: Int) -> TaskRecord? {
         guard isHeld(by: owner, attempt: attempt) else { return nil }
-        var next = self
-        next.state = .pending
-        next.owner = nil
-        next.leaseExpiry = nil
-        next.claimToken = nil
-        return next
+        return leavingProcessing(for: .pending)
     }
 
     /// The record after the reaper found its lease expired before `now` (the retry rule), or `nil`
@@ -159,11 +150,7 @@ extension TaskRecord {
     /// terminal.
     public func forceFailed(message: String, at date: Date) -> TaskRecord? {
         guard !state.isTerminal else { return nil }
-        var next = self
-        next.state = .failed
-        next.owner = nil
-        next.leaseExpiry = nil
-        next.claimToken = nil
+        var next = leavingProcessing(for: .failed)
         next.lastError = message
         next.completedAt = date
         return next
@@ -172,11 +159,7 @@ extension TaskRecord {
     /// The record after a cancel, or `nil` when it is terminal.
     public func cancelled(at date: Date) -> TaskRecord? {
         guard !state.isTerminal else { return nil }
-        var next = self
-        next.state = .cancelled
-        next.owner = nil
-        next.leaseExpiry = nil
-        next.claimToken = nil
+        var next = leavingProcessing(for: .cancelled)
         next.completedAt = date
         return next
     }
@@ -185,18 +168,22 @@ extension TaskRecord {
     /// `pending` with `retries + 1` while `retries < maxRetries` and the failure is retryable,
     /// otherwise `failed`. Owner, lease and claim token are cleared; the error is kept.
     public func afterFailure(message: String, retryable: Bool, at date: Date) -> TaskRecord {
+        let retried = retryable && retries < maxRetries
+        var next = leavingProcessing(for: retried ? .pending : .failed)
+        next.lastError = message
+        if retried { next.retries += 1 } else { next.completedAt = date }
+        return next
+    }
+
+    /// The record in `state`, with what only a running attempt has — owner, lease, claim token —
+    /// cleared: every transition out of `processing` (and a cancel or force-fail of a pending task)
+    /// starts here.
+    private func leavingProcessing(for state: TaskState) -> TaskRecord {
         var next = self
+        next.state = state
         next.owner = nil
         next.leaseExpiry = nil
         next.claimToken = nil
-        next.lastError = message
-        if retryable && retries < maxRetries {
-            next.state = .pending
-            next.retries += 1
-        } else {
-            next.state = .failed
-            next.completedAt = date
-        }
         return next
     }
 }

@@ -135,19 +135,25 @@ func dynamoDBPagingAcrossShards() async throws {
     #expect(seen.count == total)
 }
 
+/// A fresh table with one session, and the write units metered since it was made.
+private func meteredSession(_ name: String) async throws -> (DynamoDBStateStore, SessionID, Date, @Sendable () -> Double) {
+    let store = try await awsTests.state("\(name)-\(UUID().uuidString.prefix(8).lowercased())")
+    let meter = store.client.meter
+    let session = SessionID.random()
+    let now = Date(timeIntervalSince1970: 1_700_000_000)
+    try await store.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
+    let start = meter.dynamoDBWriteUnits.table
+    return (store, session, now, { meter.dynamoDBWriteUnits.table - start })
+}
+
 /// The write-unit meter follows DynamoDB's billing rules through a task's life on moto: creation one
 /// unit per task, a claim one unit per task plus one for the batch's lease bucket, a heartbeat one
 /// unit plus its bucket, a finish one unit, a claim that loses one unit (a failed condition is billed)
 /// plus its bucket; nothing on indexes (the table has none); and requests are counted.
 @Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)))
 func dynamoDBWriteUnitsFollowTheBillingRules() async throws {
-    let store = try await awsTests.state("units-\(UUID().uuidString.prefix(8).lowercased())")
+    let (store, session, now, units) = try await meteredSession("units")
     let meter = store.client.meter
-    let session = SessionID.random()
-    let now = Date(timeIntervalSince1970: 1_700_000_000)
-    try await store.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
-    let start = meter.dynamoDBWriteUnits.table
-    func units() -> Double { meter.dynamoDBWriteUnits.table - start }
     let ids = (0..<10).map { TaskID(session: session, index: $0) }
     try await store.createTasks(ids.map { TaskRecord(id: $0, state: .pending, submittedAt: now) })
     #expect(units() == 10, "creation")
@@ -176,13 +182,8 @@ func dynamoDBWriteUnitsFollowTheBillingRules() async throws {
 /// task has no marker. Nothing is written per task.
 @Test(.enabled(if: awsTests.enabled, Comment(rawValue: skipMessage)))
 func dynamoDBSubmissionWriteUnits() async throws {
-    let store = try await awsTests.state("subunits-\(UUID().uuidString.prefix(8).lowercased())")
+    let (store, session, now, units) = try await meteredSession("subunits")
     let meter = store.client.meter
-    let session = SessionID.random()
-    let now = Date(timeIntervalSince1970: 1_700_000_000)
-    try await store.createSession(SessionRecord(id: session, options: SessionOptions(), createdAt: now))
-    let start = meter.dynamoDBWriteUnits.table
-    func units() -> Double { meter.dynamoDBWriteUnits.table - start }
     let begun = try await store.beginSubmission(.begin(session: session, key: try SubmissionKey("big"), count: 100_000, at: now))
     #expect(begun.range == 0..<100_000)
     #expect(units() == 6, "a reservation: three items in a transaction")

@@ -230,6 +230,45 @@ final class PayloadProxy: PayloadStore, Sendable {
         #expect(try await memory.queue.depth().values.reduce(0) { $0 + $1.waiting + $1.inFlight } == 0, "no message is left")
     }
 
+    /// An agent whose watched messages cannot be looked at (its queue's extensions fail) still renews
+    /// the state leases of the tasks it runs itself: none of them is reaped.
+    @Test func aFailingWatchDoesNotStopTheAgentRenewingItsOwnLeases() async throws {
+        let memory = memoryBackends()
+        let queue = QueueProxy(memory.queue)
+        let client = GridClient(backends: memory)
+        let session = try await client.createSession()
+        try await client.submit(session.id, inputs: [[1]])
+        let gate = Gate()
+        var configuration = fastAgent("agent-b", concurrency: 2)
+        // Renewals come 1.5 s (three intervals) before expiry, so a loaded machine (the whole suite runs
+        // in parallel) renews in time; a few lease durations still fit in the test.
+        configuration.leaseDuration = .seconds(2)
+        configuration.heartbeatInterval = .milliseconds(500)
+        let agent = try Agent(
+            backends: GridBackends(queue: queue, state: memory.state, payloads: memory.payloads),
+            handler: ClosureHandler { input, _ in await gate.wait(); return input }, configuration: configuration)
+        try await withAgent(agent) {
+            try await waitUntil("the agent runs one task") { agent.ownedCount == 1 }
+            // Another task, held by someone else, whose message reaches the agent: it watches it.
+            let other = try await memory.state.beginSubmission(.begin(session: session.id, key: .random(), count: 1, at: Date())).taskIDs[0]
+            try await memory.state.createTasks([
+                TaskRecord(id: other, state: .processing, owner: AgentID("elsewhere"), leaseExpiry: Date().addingTimeInterval(600), submittedAt: Date(), attempt: 1)
+            ])
+            try await memory.queue.enqueue([QueuedTask(id: other, priority: 0)])
+            try await waitUntil("the agent watches the other task's message") { agent.watchedCount >= 1 }
+            queue.failExtends(true)
+            // Two and a half lease durations: without renewals the agent's own lease would be reaped.
+            let reaper = Reaper(backends: memory)
+            let start = ContinuousClock.now
+            while ContinuousClock.now < start + .seconds(5) {
+                #expect(try await reaper.runOnce().requeued == 0, "the agent's own task was reaped")
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            queue.failExtends(false)
+            gate.open()
+        }
+    }
+
     /// The reply of a claim is lost: the agent sends the claim again with the same token, wins the
     /// same attempt, and runs the task at once, with no retry charged.
     @Test func aClaimWhoseReplyWasLostIsSentAgainWithItsToken() async throws {

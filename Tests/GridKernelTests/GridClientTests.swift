@@ -1,9 +1,42 @@
 import Foundation
 import GridKernel
+import GridKernelConformance
 import Synchronization
 import Testing
 
 @Suite struct GridClientTests {
+    /// A step that fails as `unavailable` (a dropped connection) is repeated under the submission's key:
+    /// the submission completes with every task once.
+    @Test func aSubmissionStepThatFailsForWantOfTheBackendIsRepeated() async throws {
+        let memory = memoryBackends()
+        let failures = Mutex(["createTasks": 1, "updateSubmission": 1, "beginSubmission": 1])
+        let state = InterceptingStateStore(memory.state) { point in
+            let fail = failures.withLock { left -> Bool in
+                guard let count = left[point.operation], count > 0, point.applied else { return false }
+                left[point.operation] = count - 1
+                return true
+            }
+            // After the call: it took effect, and its reply is lost.
+            if fail { throw GridError.unavailable("the reply of \(point.operation) was lost") }
+        }
+        let client = GridClient(
+            backends: GridBackends(queue: memory.queue, state: state, payloads: memory.payloads),
+            configuration: ClientConfiguration(submitBatchSize: 4))
+        let session = try await client.createSession()
+        let ids = try await client.submit(session.id, inputs: (0..<10).map { [UInt8($0)] })
+        #expect(ids.map(\.index) == Array(0..<10))
+        #expect(failures.withLock { $0.values.allSatisfy { $0 == 0 } }, "every injected failure happened")
+        #expect(try await memory.state.session(session.id).taskCount == 10, "no index reserved twice")
+        #expect(try await memory.state.counts(session.id)[.pending] == 10)
+        var messages = 0
+        while true {
+            let leases = try await memory.queue.lease(max: 100, duration: .seconds(60), order: .highestFirst, wait: .zero)
+            if leases.isEmpty { break }
+            messages += leases.count
+        }
+        #expect(messages == 10, "one message per task")
+    }
+
     @Test func deletingASessionRemovesItsRecordsPayloadsAndQueuedWork() async throws {
         let backends = memoryBackends()
         let client = GridClient(backends: backends)
@@ -15,6 +48,13 @@ import Testing
         let keptIDs = try await client.submit(kept.id, inputs: [big])
         try await backends.payloads.put(PayloadKey.sessionPayload(session.id), [1, 2])
         try await backends.payloads.put(PayloadKey.output(ids[2]), [3])
+        // A task run twice left an output per attempt.
+        for attempt in 1...2 {
+            let claimed = try await backends.state.claim([ids[1]], owner: AgentID("a"), token: .random(), leaseExpiry: Date().addingTimeInterval(60), now: Date())
+            #expect(claimed.map(\.attempt) == [attempt])
+            try await backends.payloads.put(PayloadKey.output(ids[1], attempt: attempt), [UInt8(attempt)])
+            _ = try await backends.state.release([TaskAttempt(id: ids[1], attempt: attempt)], owner: AgentID("a"))
+        }
         let before = try await backends.payloads.get(ids.map { PayloadKey.input($0) })
         #expect(before.count == 2, "the two large inputs are in the payload store")
 
@@ -22,6 +62,7 @@ import Testing
 
         await #expect(throws: GridError.self) { try await client.session(session.id) }
         let keys = ids.flatMap { [PayloadKey.input($0), PayloadKey.output($0)] } + [PayloadKey.sessionPayload(session.id)]
+            + [PayloadKey.output(ids[1], attempt: 1), PayloadKey.output(ids[1], attempt: 2)]
         #expect(try await backends.payloads.get(keys).isEmpty, "no payload of the deleted session is left")
         #expect(try await backends.payloads.get([PayloadKey.input(keptIDs[0])]).count == 1, "another session's payloads stay")
 

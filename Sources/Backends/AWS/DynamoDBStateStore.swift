@@ -455,7 +455,7 @@ public struct DynamoDBStateStore: StateStore {
         for completion in completions where unique[completion.id] == nil { unique[completion.id] = completion }
         let done = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { completion -> TaskID? in
             var set = terminalSet(completion.id, .finished, at: at)
-            var remove = ["owner", "lease", "ctok", "err"]
+            var remove = Self.unheld + ["err"]
             if let output = completion.output {
                 let attributes = D.outputAttributes(output)
                 set.merge(attributes) { $1 }
@@ -479,7 +479,7 @@ public struct DynamoDBStateStore: StateStore {
         let unique = Dictionary(attempts.map { ($0.id, $0.attempt) }, uniquingKeysWith: { $1 })
         let released = try await Array(unique).concurrentMap(width: configuration.concurrency) { id, attempt -> TaskID? in
             let answer = try await update(
-                id, set: ["st": D.s(TaskState.pending.rawValue)], remove: ["owner", "lease", "ctok"], when: .held(by: owner, attempt: attempt))
+                id, set: ["st": D.s(TaskState.pending.rawValue)], remove: Self.unheld, when: .held(by: owner, attempt: attempt))
             return answer != nil ? id : nil
         }
         return Set(released.compactMap { $0 })
@@ -500,14 +500,14 @@ public struct DynamoDBStateStore: StateStore {
         let failed = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { failure -> TaskID? in
             var set = terminalSet(failure.id, .failed, at: at)
             set["err"] = D.s(failure.message)
-            return try await update(failure.id, set: set, remove: ["owner", "lease", "ctok"], when: .live) != nil ? failure.id : nil
+            return try await update(failure.id, set: set, remove: Self.unheld, when: .live) != nil ? failure.id : nil
         }
         return Set(failed.compactMap { $0 })
     }
 
     public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
         let before = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskState? in
-            let old = try await update(id, set: terminalSet(id, .cancelled, at: at), remove: ["owner", "lease", "ctok"], when: .live, returning: "ALL_OLD")
+            let old = try await update(id, set: terminalSet(id, .cancelled, at: at), remove: Self.unheld, when: .live, returning: "ALL_OLD")
             return old.flatMap { D.string($0, "st") }.flatMap(TaskState.init(rawValue:))
         }
         return CancelCounts(pending: before.filter { $0 == .pending }.count, processing: before.filter { $0 == .processing }.count)
@@ -527,7 +527,7 @@ public struct DynamoDBStateStore: StateStore {
             if failure.retryable {
                 let retried = try await update(
                     id, set: ["st": D.s(TaskState.pending.rawValue), "err": D.s(failure.message)], add: ["retries": D.n(1)],
-                    remove: ["owner", "lease", "ctok"],
+                    remove: Self.unheld,
                     when: Guard(
                         "\(condition.expression) AND #c_retries < #c_maxr",
                         names: condition.names.merging(["#c_retries": "retries", "#c_maxr": "maxr"]) { $1 }, values: condition.values))
@@ -535,7 +535,7 @@ public struct DynamoDBStateStore: StateStore {
             }
             var set = terminalSet(id, .failed, at: at)
             set["err"] = D.s(failure.message)
-            let failed = try await update(id, set: set, remove: ["owner", "lease", "ctok"], when: condition)
+            let failed = try await update(id, set: set, remove: Self.unheld, when: condition)
             return failed != nil ? (id, .failed) : nil
         }
         return Dictionary(outcomes.compactMap { $0 }, uniquingKeysWith: { $1 })
@@ -544,6 +544,10 @@ public struct DynamoDBStateStore: StateStore {
     private func terminalSet(_ id: TaskID, _ state: TaskState, at: Date) -> Item {
         ["st": D.s(state.rawValue), "completed": D.n(at)]
     }
+
+    /// What every transition out of `processing` removes (``GridKernel/TaskRecord``'s rules): owner,
+    /// lease, claim token.
+    private static let unheld = ["owner", "lease", "ctok"]
 
     /// The condition of a transition, besides the task's existence.
     private struct Guard: Sendable {

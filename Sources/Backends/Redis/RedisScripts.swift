@@ -228,22 +228,25 @@ enum RedisScripts {
           redis.call('ZREM', base..':state:'..from, i)
           redis.call('ZADD', base..':state:'..to, i, i)
         end
-        local function afterFailure(i, t, msg, retryable, at)
+        -- Every transition out of processing clears what only a running attempt has (TaskRules).
+        local function unhold(t, state)
+          t[S] = state
           t[O] = false
           t[L] = false
           t[CT] = false
+        end
+        local function afterFailure(i, t, msg, retryable, at)
           redis.call('ZREM', base..':leases', i)
+          t[E] = msg
           if retryable and t[R] < t[M] then
-            t[S] = 'pending'
+            unhold(t, 'pending')
             t[R] = t[R] + 1
-            t[E] = msg
             save(i, t)
             move(i, 'processing', 'pending')
             return 'pending'
           end
-          t[S] = 'failed'
+          unhold(t, 'failed')
           t[C] = at
-          t[E] = msg
           save(i, t)
           move(i, 'processing', 'failed')
           return 'failed'
@@ -259,11 +262,8 @@ enum RedisScripts {
           local t = load(i)
           if not t or not live(t[S]) then return nil end
           local s = t[S]
-          t[S] = 'cancelled'
+          unhold(t, 'cancelled')
           t[C] = at
-          t[O] = false
-          t[L] = false
-          t[CT] = false
           save(i, t)
           redis.call('ZREM', base..':leases', i)
           move(i, s, 'cancelled')
@@ -451,10 +451,7 @@ enum RedisScripts {
           local i = ARGV[n]
           local t = load(i)
           if held(t, owner, ARGV[n + 1]) then
-            t[S] = 'pending'
-            t[O] = false
-            t[L] = false
-            t[CT] = false
+            unhold(t, 'pending')
             save(i, t)
             pending[#pending + 1] = i
             pending[#pending + 1] = i
@@ -475,11 +472,8 @@ enum RedisScripts {
           local i = ARGV[n]
           local t = load(i)
           if held(t, owner, ARGV[n + 1]) then
-            t[S] = 'finished'
+            unhold(t, 'finished')
             t[C] = at
-            t[O] = false
-            t[L] = false
-            t[CT] = false
             t[E] = false
             if ARGV[n + 2] == '1' then t[OUT] = ARGV[n + 3] else t[OUT] = false end
             save(i, t)
@@ -534,12 +528,9 @@ enum RedisScripts {
           local t = load(i)
           if t and live(t[S]) then
             local s = t[S]
-            t[S] = 'failed'
+            unhold(t, 'failed')
             t[C] = at
             t[E] = ARGV[n + 1]
-            t[O] = false
-            t[L] = false
-            t[CT] = false
             save(i, t)
             redis.call('ZREM', base..':leases', i)
             move(i, s, 'failed')

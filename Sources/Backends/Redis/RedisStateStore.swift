@@ -94,7 +94,7 @@ public struct RedisStateStore: StateStore {
             _ = try await client.send([RedisCommand("ZADD", submissionsKey, "NX", RedisKeys.text(submission.updatedAt), member)], idempotent: true)[0]
                 .checked()
         }
-        let tail = Self.encode(submission).split(separator: "|", maxSplits: 2).last.map(String.init) ?? ""
+        let tail = Self.encodeProgress(submission)
         let reply = try await client.run([
             RedisScriptCall(
                 script: RedisScripts.beginSubmission, keys: [base(submission.session)],
@@ -198,10 +198,13 @@ public struct RedisStateStore: StateStore {
 
     /// `first|count|sent|state|version|created|updated`.
     static func encode(_ submission: SubmissionRecord) -> String {
-        [
-            String(submission.first), String(submission.count), String(submission.sent), submission.state.rawValue, String(submission.version),
-            RedisKeys.text(submission.createdAt), RedisKeys.text(submission.updatedAt),
-        ].joined(separator: "|")
+        "\(submission.first)|\(submission.count)|" + encodeProgress(submission)
+    }
+
+    /// `sent|state|version|created|updated`: what follows the range, which the begin script puts in front.
+    static func encodeProgress(_ submission: SubmissionRecord) -> String {
+        [String(submission.sent), submission.state.rawValue, String(submission.version), RedisKeys.text(submission.createdAt), RedisKeys.text(submission.updatedAt)]
+            .joined(separator: "|")
     }
 
     static func decode(_ text: String, session: SessionID, key: SubmissionKey) -> SubmissionRecord? {

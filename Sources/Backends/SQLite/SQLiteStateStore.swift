@@ -258,7 +258,7 @@ public struct SQLiteStateStore: StateStore {
     /// - Returns: the tasks released.
     /// - Throws: ``GridError/Code/unavailable``.
     public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
-        try await attemptTransition("release", attempts, owner: owner, set: "state = 'pending', owner = NULL, lease_expiry = NULL, claim_token = NULL", nil)
+        try await attemptTransition("release", attempts, owner: owner, set: "state = 'pending', \(Self.unheld)", nil)
     }
 
     /// One `UPDATE … SET <set>` of the attempts among `attempts` that are current and owned by `owner`,
@@ -296,26 +296,16 @@ public struct SQLiteStateStore: StateStore {
     public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
         guard !completions.isEmpty else { return [] }
         // Per session: the indices, attempts and outputs (packed into one blob) travel in one statement.
-        var groups: [(SessionID, SQLiteBatch)] = []
-        for completion in completions {
-            let session = completion.id.session
-            var position = groups.lastIndex { $0.0 == session }
-            if position == nil {
-                groups.append((session, SQLiteBatch()))
-                position = groups.count - 1
-            }
-            groups[position!].1.beginRow()
-            groups[position!].1.int(completion.id.index)
-            groups[position!].1.bytes(completion.output)
-            groups[position!].1.int(completion.attempt)
-            groups[position!].1.endRow()
+        let groups = Self.batches(completions, id: \.id) { batch, completion in
+            batch.bytes(completion.output)
+            batch.int(completion.attempt)
         }
         return try await database.write("finish") { [groups] db in
             // The materialised list drives the join, so each completion is one primary-key lookup.
             let update = try db.cachedStatement(
                 sql: """
                     WITH j(i, o, l, a) AS MATERIALIZED (SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1))
-                    UPDATE task SET state = 'finished', owner = NULL, lease_expiry = NULL, claim_token = NULL, completed_at = ?2, last_error = NULL,
+                    UPDATE task SET state = 'finished', \(Self.unheld), completed_at = ?2, last_error = NULL,
                         output = CASE WHEN j.l < 0 THEN NULL WHEN j.l = 0 THEN x'' ELSE substr(CAST(?3 AS BLOB), j.o, j.l) END
                     FROM j
                     WHERE task.session = ?4 AND task.idx = j.i AND task.attempt = j.a AND task.state = 'processing' AND task.owner = ?5
@@ -382,6 +372,9 @@ public struct SQLiteStateStore: StateStore {
         }
     }
 
+    /// What every transition out of `processing` clears (``TaskRecord``'s rules): owner, lease, token.
+    static let unheld = "owner = NULL, lease_expiry = NULL, claim_token = NULL"
+
     /// The retry rule in SQL. Parameters: ?1 retryable, ?2 date, ?3 message, ?4 owner or now,
     /// ?5 session, ?6 index or indices. SQLite evaluates every SET expression on the row as it was, so
     /// all of them see the same `retries`.
@@ -391,7 +384,7 @@ public struct SQLiteStateStore: StateStore {
             state = CASE WHEN ?1 AND retries < max_retries THEN 'pending' ELSE 'failed' END,
             retries = retries + (?1 AND retries < max_retries),
             completed_at = CASE WHEN ?1 AND retries < max_retries THEN completed_at ELSE ?2 END,
-            owner = NULL, lease_expiry = NULL, claim_token = NULL, last_error = ?3
+            \(Self.unheld), last_error = ?3
         WHERE \(condition)
         RETURNING idx, state
         """
@@ -406,7 +399,7 @@ public struct SQLiteStateStore: StateStore {
         return try await database.write("forceFail") { db in
             let update = try db.cachedStatement(
                 sql: """
-                    UPDATE task SET state = 'failed', owner = NULL, lease_expiry = NULL, claim_token = NULL, last_error = ?, completed_at = ?
+                    UPDATE task SET state = 'failed', \(Self.unheld), last_error = ?, completed_at = ?
                     WHERE session = ? AND idx = ? AND state IN ('pending', 'processing')
                     """)
             var failed = Set<TaskID>(minimumCapacity: failures.count)
@@ -478,7 +471,7 @@ public struct SQLiteStateStore: StateStore {
 
     private static func cancelSQL(scope: String) -> String {
         """
-        UPDATE task SET state = 'cancelled', owner = NULL, lease_expiry = NULL, claim_token = NULL, completed_at = ?
+        UPDATE task SET state = 'cancelled', \(Self.unheld), completed_at = ?
         WHERE \(scope) AND state = ?
         """
     }
@@ -601,18 +594,27 @@ public struct SQLiteStateStore: StateStore {
 
     /// The attempts grouped by session, as `[[index, attempt], …]` batches.
     static func bySession(_ attempts: [TaskAttempt]) -> [(SessionID, SQLiteBatch)] {
+        batches(attempts, id: \.id) { batch, attempt in batch.int(attempt.attempt) }
+    }
+
+    /// Items grouped by session, sessions in order of first appearance, one row per item: the task's
+    /// index, then what `row` appends.
+    static func batches<Item>(
+        _ items: [Item], id: (Item) -> TaskID, row: (inout SQLiteBatch, Item) -> Void
+    ) -> [(SessionID, SQLiteBatch)] {
         var groups: [(SessionID, SQLiteBatch)] = []
-        for attempt in attempts {
+        for item in items {
+            let session = id(item).session
             let position: Int
-            if let found = groups.lastIndex(where: { $0.0 == attempt.id.session }) {
+            if let found = groups.lastIndex(where: { $0.0 == session }) {
                 position = found
             } else {
-                groups.append((attempt.id.session, SQLiteBatch()))
+                groups.append((session, SQLiteBatch()))
                 position = groups.count - 1
             }
             groups[position].1.beginRow()
-            groups[position].1.int(attempt.id.index)
-            groups[position].1.int(attempt.attempt)
+            groups[position].1.int(id(item).index)
+            row(&groups[position].1, item)
             groups[position].1.endRow()
         }
         return groups

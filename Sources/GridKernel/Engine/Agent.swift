@@ -396,7 +396,7 @@ public final class Agent: Sendable {
                 }, uniquingKeysWith: { first, _ in first })
         }
         var completions: [TaskCompletion] = []
-        var external: [PayloadItem] = []
+        var external: [TaskID: PayloadItem] = [:]
         var failures: [TaskFailure] = []
         var unowned: [Lease] = []
         var ran: [TaskID] = []
@@ -413,7 +413,7 @@ public final class Agent: Sendable {
                 } else {
                     // Under the attempt's own key: a stale attempt writing late never replaces the output
                     // another attempt committed, since the finish names the attempt whose key is current.
-                    external.append(PayloadItem(key: PayloadKey.output(item.id, attempt: item.attempt), value: output))
+                    external[item.id] = PayloadItem(key: PayloadKey.output(item.id, attempt: item.attempt), value: output)
                     completions.append(TaskCompletion(id: item.id, attempt: item.attempt, output: nil))
                 }
             case .failure(let message, let retryable):
@@ -427,7 +427,7 @@ public final class Agent: Sendable {
         var retry: [Lease] = []
         var finishedCount = 0
         var failedCount = 0
-        if !external.isEmpty { try await backends.payloads.put(external) }
+        if !external.isEmpty { try await backends.payloads.put(Array(external.values)) }
         if !completions.isEmpty {
             let finished = try await backends.state.finish(completions, owner: configuration.id, at: now)
             finishedCount = finished.count
@@ -446,20 +446,19 @@ public final class Agent: Sendable {
                 guard let lease = leases[completion.id] else { continue }
                 if committed.contains(completion.id) { acknowledge.append(lease) } else { unowned.append(lease) }
             }
-            let outputs = Dictionary(
-                zip(completions.filter { $0.output == nil }.map(\.id), external), uniquingKeysWith: { first, _ in first })
-            // Outputs of attempts that lost their task are no one's: remove them (best effort).
-            let stale = outputs.filter { !committed.contains($0.key) }.map(\.value.key)
-            if !refused.isEmpty {
+            let lost = refused.filter { !committed.contains($0.id) }
+            if !lost.isEmpty {
+                // Outputs of attempts that lost their task are no one's: remove them (best effort).
+                let stale = lost.compactMap { external[$0.id]?.key }
                 logger.info(
                     "finishes of attempts that lost their task were refused; their outputs are discarded",
-                    metadata: ["count": "\(refused.count - (committed.count - finished.count))", "stored": "\(stale.count)"])
+                    metadata: ["count": "\(lost.count)", "stored": "\(stale.count)"])
+                if !stale.isEmpty { try? await backends.payloads.delete(stale) }
             }
-            if !stale.isEmpty { try? await backends.payloads.delete(stale) }
             if shared {
                 // Outside readers look for a finished task's output under HTC-Grid's key: it is written
                 // only once the finish made this attempt's output the task's.
-                let published = outputs.filter { committed.contains($0.key) }.map { PayloadItem(key: PayloadKey.output($0.key), value: $0.value.value) }
+                let published = external.filter { committed.contains($0.key) }.map { PayloadItem(key: PayloadKey.output($0.key), value: $0.value.value) }
                 if !published.isEmpty { try await backends.payloads.put(published) }
             }
         }
@@ -555,7 +554,12 @@ public final class Agent: Sendable {
     /// interval; a task cancelled on its own stops at its next renewal.
     func heartbeat() async throws {
         let now = clock.now
-        try await checkWatched()
+        do {
+            try await checkWatched()
+        } catch {
+            // The agent's own leases must be renewed even when the watched messages cannot be looked at.
+            logger.warning("checking watched messages failed; retrying next interval", metadata: ["error": "\(error)"])
+        }
         let snapshot: [Owned] = state.withLock { Array($0.owned.values) }
         guard !snapshot.isEmpty else { return }
         let renewAfter = configuration.renewAfter.timeInterval

@@ -326,37 +326,33 @@ public struct GridClient: Sendable {
     public func deleteSession(_ session: SessionID) async throws -> Int {
         let record = try await backends.state.session(session)
         _ = try await backends.state.cancelSession(session, at: clock.now)
-        var seen = Set<Int>()
         var keys: [String] = []
         func flush(_ force: Bool) async throws {
             guard keys.count >= 1_000 || (force && !keys.isEmpty) else { return }
             try await backends.payloads.delete(keys)
             keys.removeAll(keepingCapacity: true)
         }
+        // Every reserved index may have an input and an output under HTC-Grid's key, record or not.
+        for index in 0..<record.taskCount {
+            let id = TaskID(session: session, index: index)
+            keys += [PayloadKey.input(id), PayloadKey.output(id)]
+            try await flush(false)
+        }
+        // Attempts wrote their outputs under keys of their own; only the records say how many there were.
         for state in TaskState.allCases {
             var cursor: String?
             repeat {
                 let page = try await backends.state.tasks(session, state: state, after: cursor, limit: 1_000)
-                for task in page.items {
-                    seen.insert(task.id.index)
-                    keys += Self.payloadKeys(task.id, attempts: task.attempt)
+                for task in page.items where task.attempt > 0 {
+                    keys += (1...task.attempt).map { PayloadKey.output(task.id, attempt: $0) }
                     try await flush(false)
                 }
                 cursor = page.next
             } while cursor != nil
         }
-        // Reserved indices without a record (an interrupted submission) may still have an input.
-        for index in 0..<record.taskCount where !seen.contains(index) {
-            keys += Self.payloadKeys(TaskID(session: session, index: index), attempts: 0)
-            try await flush(false)
-        }
         keys.append(PayloadKey.sessionPayload(session))
         try await flush(true)
         return try await backends.state.deleteSession(session)
-    }
-
-    private static func payloadKeys(_ id: TaskID, attempts: Int) -> [String] {
-        [PayloadKey.input(id), PayloadKey.output(id)] + (0..<max(0, attempts)).map { PayloadKey.output(id, attempt: $0 + 1) }
     }
 
     /// Cancels tasks.

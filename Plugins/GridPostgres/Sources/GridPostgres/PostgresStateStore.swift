@@ -244,7 +244,7 @@ public struct PostgresStateStore: StateStore {
                 "finish",
                 """
                 UPDATE \(unescaped: taskTable) AS t
-                SET state = 'finished', owner = NULL, lease_expiry = NULL, claim_token = NULL, completed_at = \(at.timeIntervalSince1970),
+                SET state = 'finished', \(unescaped: Self.unheld), completed_at = \(at.timeIntervalSince1970),
                     last_error = NULL, output = CASE WHEN j.h THEN j.o END
                 FROM unnest(
                     \(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.attempt))::int8[],
@@ -283,7 +283,7 @@ public struct PostgresStateStore: StateStore {
             try await database.collect(
                 "release",
                 """
-                UPDATE \(unescaped: taskTable) AS t SET state = 'pending', owner = NULL, lease_expiry = NULL, claim_token = NULL
+                UPDATE \(unescaped: taskTable) AS t SET state = 'pending', \(unescaped: Self.unheld)
                 FROM unnest(\(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.attempt))::int8[])
                     AS j(s, i, a)
                 WHERE t.session = j.s AND t.idx = j.i AND t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.attempt = j.a
@@ -320,7 +320,7 @@ public struct PostgresStateStore: StateStore {
                 state = CASE WHEN j.r AND t.retries < t.max_retries THEN 'pending' ELSE 'failed' END,
                 retries = t.retries + CASE WHEN j.r AND t.retries < t.max_retries THEN 1 ELSE 0 END,
                 completed_at = CASE WHEN j.r AND t.retries < t.max_retries THEN t.completed_at ELSE \(at.timeIntervalSince1970) END,
-                owner = NULL, lease_expiry = NULL, claim_token = NULL, last_error = j.m
+                \(unescaped: Self.unheld), last_error = j.m
             FROM unnest(\(sessions)::text[], \(indices)::int8[], \(attempts)::int8[], \(retryable)::bool[], \(messages)::text[])
                 AS j(s, i, a, r, m)
             WHERE t.session = j.s AND t.idx = j.i AND \(unescaped: condition)
@@ -346,7 +346,7 @@ public struct PostgresStateStore: StateStore {
                 "forceFail",
                 """
                 UPDATE \(unescaped: taskTable) AS t
-                SET state = 'failed', owner = NULL, lease_expiry = NULL, claim_token = NULL, last_error = j.m, completed_at = \(at.timeIntervalSince1970)
+                SET state = 'failed', \(unescaped: Self.unheld), last_error = j.m, completed_at = \(at.timeIntervalSince1970)
                 FROM unnest(\(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.message))::text[])
                     AS j(s, i, m)
                 WHERE t.session = j.s AND t.idx = j.i AND t.state IN ('pending', 'processing')
@@ -398,7 +398,7 @@ public struct PostgresStateStore: StateStore {
                 WITH marked AS (\(markSession)),
                      old AS (\(select.sql)),
                      done AS (
-                         UPDATE \(taskTable) AS t SET state = 'cancelled', owner = NULL, lease_expiry = NULL, claim_token = NULL, completed_at = $\(select.binds.count + 1)
+                         UPDATE \(taskTable) AS t SET state = 'cancelled', \(Self.unheld), completed_at = $\(select.binds.count + 1)
                          FROM old WHERE t.session = old.session AND t.idx = old.idx
                          RETURNING old.state
                      )
@@ -567,6 +567,10 @@ public struct PostgresStateStore: StateStore {
     }
 
     private static let sessionColumns = "id, priority, max_retries, task_timeout, labels, created_at, task_count, cancelled"
+
+    /// What every transition out of `processing` clears (``GridKernel/TaskRecord``'s rules): owner,
+    /// lease, claim token.
+    static let unheld = "owner = NULL, lease_expiry = NULL, claim_token = NULL"
 
     private static func decodeSession(_ row: PostgresRow) throws -> SessionRecord {
         let (id, priority, maxRetries, timeout, labelsText, created, taskCount, cancelled) =
