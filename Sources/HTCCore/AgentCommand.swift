@@ -19,6 +19,9 @@ public struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Run this shell command per task: input on stdin, output from stdout (env HTC_EXEC). Without it the agent echoes its input.")
     var exec: String?
 
+    @Option(help: "The most bytes an --exec command may write to stdout; past it the task fails (env HTC_MAX_OUTPUT; default 67108864, 64 MiB).")
+    var maxOutput: Int?
+
     @Option(help: "Invoke this AWS Lambda Runtime Interface Emulator per task, e.g. http://localhost:8080: the input is the event, the response the output (env HTC_LAMBDA or LAMBDA_ENDPOINT_URL).")
     var lambda: String?
 
@@ -125,7 +128,10 @@ public struct AgentCommand: AsyncParsableCommand {
             let seconds = try lambdaTimeout ?? environment.seconds("HTC_LAMBDA_TIMEOUT") ?? 2_000
             return try LambdaHandler(url: url, function: function, timeout: Duration(timeInterval: seconds))
         }
-        if let command { return try ExecHandler(command: command) }
+        if let command {
+            let limit = try maxOutput ?? environment.int("HTC_MAX_OUTPUT") ?? ExecHandler.defaultMaxOutputBytes
+            return try ExecHandler(command: command, maxOutputBytes: limit)
+        }
         return EchoHandler()
     }
 
