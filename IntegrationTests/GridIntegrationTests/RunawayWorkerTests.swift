@@ -77,4 +77,35 @@ import Testing
         }
         try await waitUntil(timeout: .seconds(10), "the killed agent's workers are gone") { Self.processes(matching: marker).isEmpty }
     }
+
+    /// 300 tasks, one of which writes a 70 MB output (allowed by `--max-output`, over the payload
+    /// store's 64 MiB): that task fails with a message, the other 299 finish. (94 tasks used to stay
+    /// `processing` for good while the agent retried its whole flush batch.)
+    @Test func anOutputOverThePayloadLimitFailsOnlyItsOwnTask() async throws {
+        let grid = try await GridUnderTest.start(.sqlite, name: "bigoutput")
+        defer { grid.stop() }
+        let agent = try grid.start("htc-agent", [
+            "--id", "big", "--concurrency", "8", "--max-output", "100000000", "--log-level", "error",
+            "--exec", "x=$(cat); if [ \"$x\" = big ]; then head -c 73400320 /dev/zero; else printf '%s' \"$x\"; fi",
+        ])
+        defer { if agent.isRunning { kill(agent.processIdentifier, SIGKILL) } }
+        let client = GridClient(backends: grid.backends)
+        let session = try await client.createSession()
+        let inputs = (0..<300).map { Array(($0 == 150 ? "big" : "task \($0)").utf8) }
+        let ids = try await client.submit(session.id, inputs: inputs)
+        try await waitUntil(timeout: .seconds(180), every: .milliseconds(100), "every task ended") {
+            let counts = try await client.counts(session.id)
+            return counts[.finished] + counts[.failed] == 300
+        }
+        let big = try await client.task(ids[150])
+        #expect(big.state == .failed)
+        #expect(big.lastError?.contains("the task's output could not be stored") == true, "\(big.lastError ?? "no error")")
+        #expect(big.lastError?.contains("64 MiB") == true, "\(big.lastError ?? "no error")")
+        for id in ids where id != ids[150] {
+            #expect(try await client.output(id) == inputs[id.index])
+        }
+        agent.terminate()
+        agent.waitUntilExit()
+        #expect(agent.terminationStatus == 0)
+    }
 }

@@ -40,6 +40,38 @@ import Testing
         #expect(try await backends.queue.depth().values.reduce(0) { $0 + $1.waiting + $1.inFlight } == 0)
     }
 
+    /// An output the payload store refuses (over its limit) fails its own task, at once and for good,
+    /// with the store's reason; the other tasks of the same flush batch are stored. (The agent used to
+    /// retry the whole batch for ever, leaving its tasks `processing`.)
+    @Test func anOutputThePayloadStoreRefusesFailsOnlyItsOwnTask() async throws {
+        let memory = memoryBackends()
+        let backends = GridBackends(queue: memory.queue, state: memory.state, payloads: InMemoryPayloadStore(maxPayloadBytes: 1_000))
+        let client = GridClient(backends: backends)
+        let session = try await client.createSession(SessionOptions(maxRetries: 3))
+        let ids = try await client.submit(session.id, inputs: (0..<100).map { [UInt8($0)] })
+        var configuration = fastAgent(concurrency: 16)
+        configuration.inlineOutputLimit = 10
+        let agent = try Agent(
+            backends: backends,
+            // Task 7's output is 5,000 bytes; the others' 100, all stored in the payload store.
+            handler: ClosureHandler { input, _ in [UInt8](repeating: input[0], count: input[0] == 7 ? 5_000 : 100) },
+            configuration: configuration)
+        try await withAgent(agent) {
+            try await waitUntil("every task ended") {
+                let counts = try await client.counts(session.id)
+                return counts[.finished] + counts[.failed] == 100
+            }
+        }
+        let refused = try await client.task(ids[7])
+        #expect(refused.state == .failed)
+        #expect(refused.retries == 0, "an output over the limit is over it on every attempt")
+        #expect(refused.lastError?.contains("the task's output could not be stored") == true, "\(refused.lastError ?? "no error")")
+        #expect(refused.lastError?.contains("the limit is 1000 B") == true, "\(refused.lastError ?? "no error")")
+        for id in ids where id != ids[7] {
+            #expect(try await client.output(id) == [UInt8](repeating: UInt8(id.index), count: 100))
+        }
+    }
+
     @Test func failingHandlerIsRetriedThenFailedWithItsError() async throws {
         let backends = memoryBackends()
         let client = GridClient(backends: backends)

@@ -427,9 +427,34 @@ public final class Agent: Sendable {
         var retry: [Lease] = []
         var finishedCount = 0
         var failedCount = 0
-        if !external.isEmpty { try await backends.payloads.put(Array(external.values)) }
+        // One outcome that cannot be stored (an output over the payload limit, say) fails its own task;
+        // the rest of the batch is stored.
+        func unstorable(_ id: TaskID, _ what: String, _ error: any Error) {
+            guard let index = completions.firstIndex(where: { $0.id == id }) else { return }
+            let completion = completions.remove(at: index)
+            let permanent = (error as? GridError).map { [.payloadTooLarge, .invalidArgument].contains($0.code) } ?? false
+            failures.append(TaskFailure(id: id, attempt: completion.attempt, message: "\(what): \(error)", retryable: !permanent))
+        }
+        if !external.isEmpty {
+            let refused = try await isolating(Array(external.values)) { items -> [Void] in
+                try await self.backends.payloads.put(items)
+                return []
+            }.refused
+            for (item, error) in refused {
+                guard let id = external.first(where: { $0.value.key == item.key })?.key else { continue }
+                external[id] = nil
+                unstorable(id, "the task's output could not be stored", error)
+            }
+        }
         if !completions.isEmpty {
-            let finished = try await backends.state.finish(completions, owner: configuration.id, at: now)
+            let (finishedIDs, unrecorded) = try await isolating(completions) { items in
+                Array(try await self.backends.state.finish(items, owner: self.configuration.id, at: now))
+            }
+            let finished = Set(finishedIDs)
+            for (completion, error) in unrecorded {
+                if let stored = external.removeValue(forKey: completion.id) { try? await backends.payloads.delete([stored.key]) }
+                unstorable(completion.id, "the task's result could not be recorded", error)
+            }
             finishedCount = finished.count
             // A finish refused because an earlier try of this same flush went through (its reply was
             // lost) committed this attempt all the same: the record says so.
@@ -463,8 +488,17 @@ public final class Agent: Sendable {
             }
         }
         if !failures.isEmpty {
-            let states = try await backends.state.fail(failures, owner: configuration.id, at: now)
-            for failure in failures {
+            let (outcomes, unrecordable) = try await isolating(failures) { items in
+                try await self.backends.state.fail(items, owner: self.configuration.id, at: now).map { ($0.key, $0.value) }
+            }
+            let states = Dictionary(outcomes, uniquingKeysWith: { $1 })
+            for (failure, error) in unrecordable {
+                // Not even its failure can be recorded: the task keeps its lease, which lapses, and the
+                // reaper retries or fails it then.
+                logger.error("recording a task's failure failed; its lease will lapse", metadata: ["task": "\(failure.id)", "error": "\(error)"])
+            }
+            let unrecorded = Set(unrecordable.map(\.item.id))
+            for failure in failures where !unrecorded.contains(failure.id) {
                 guard let lease = leases[failure.id] else { continue }
                 switch states[failure.id] {
                 case .pending?: retry.append(lease)
@@ -487,6 +521,40 @@ public final class Agent: Sendable {
         counters.retriesAfterFailure.increment(by: retry.count)
         counters.discarded.increment(by: unowned.count)
         if !ran.isEmpty { configuration.onRunsCompleted?(ran) }
+    }
+
+    /// Runs a batched write. When it fails for another reason than the backend being out of reach (or
+    /// the agent stopping), the items are written one at a time, so that one bad item cannot hold the
+    /// others back for ever: those that fail alone are returned with their error.
+    ///
+    /// - Throws: what the whole batch threw when it was ``GridError/Code/unavailable`` or a cancellation
+    ///   (the batch is tried again later), or what a single item threw that was.
+    private func isolating<Item: Sendable, Output: Sendable>(
+        _ items: [Item], _ write: @Sendable ([Item]) async throws -> [Output]
+    ) async throws -> (outputs: [Output], refused: [(item: Item, error: any Error)]) {
+        do {
+            return (try await write(items), [])
+        } catch {
+            guard Self.isPerItem(error) else { throw error }
+            if items.count == 1 { return ([], [(items[0], error)]) }
+            logger.warning("a batched write failed; writing its items one at a time", metadata: ["error": "\(error)", "count": "\(items.count)"])
+        }
+        var outputs: [Output] = []
+        var refused: [(item: Item, error: any Error)] = []
+        for item in items {
+            do {
+                outputs += try await write([item])
+            } catch where Self.isPerItem(error) {
+                refused.append((item, error))
+            }
+        }
+        return (outputs, refused)
+    }
+
+    /// Whether a write's error may be one item's own fault, rather than the backend's or the agent's.
+    private static func isPerItem(_ error: any Error) -> Bool {
+        if error is CancellationError { return false }
+        return (error as? GridError)?.code != .unavailable
     }
 
     /// Decides the fate of messages whose task this agent does not own: acknowledged when the task is
