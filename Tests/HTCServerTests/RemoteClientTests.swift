@@ -69,7 +69,7 @@ import Testing
                 (.invalidArgument, { _ = try await remote.results(session.id, state: .finished, after: "not-a-cursor", limit: 10) }),
                 (.unauthorized, { _ = try await RemoteGridClient(baseURL: base, apiKey: "wrong").session(session.id) }),
                 (.notFound, { _ = try await RemoteGridClient(baseURL: base, apiKey: "key-globex").session(session.id) }),
-                (.unavailable, { _ = try await RemoteGridClient(baseURL: URL(string: "http://127.0.0.1:1")!, apiKey: nil).session(session.id) }),
+                (.unavailable, { _ = try await RemoteGridClient.once(URL(string: "http://127.0.0.1:1")!).session(session.id) }),
             ]
             for (index, (code, call)) in cases.enumerated() {
                 do {
@@ -91,5 +91,14 @@ import Testing
         #expect(try fromEnvironment.remoteClient(Environment(["HTC_SERVER": "https://grid.example"]))?.baseURL.host == "grid.example")
         #expect(try fromEnvironment.remoteClient(Environment([:])) == nil)
         #expect(throws: ValidationError.self) { try ClientOptions.parse(["--server", "grid:8080"]).remoteClient(Environment([:])) }
+    }
+}
+
+extension RemoteGridClient {
+    /// A client that sends every request once, for tests of what a failure looks like.
+    static func once(_ base: URL) -> RemoteGridClient {
+        var client = RemoteGridClient(baseURL: base, apiKey: nil)
+        client.retryTimeout = .zero
+        return client
     }
 }
