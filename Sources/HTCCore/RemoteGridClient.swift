@@ -106,7 +106,8 @@ public struct RemoteGridClient: GridService {
                 attempts += 1
                 let now = ContinuousClock.now
                 guard now < deadline else {
-                    guard attempts > 1 else { throw error }
+                    // With no retries asked for, the error as it came.
+                    guard retryTimeout > .zero else { throw error }
                     throw GridError(
                         .unavailable,
                         "htc-server at \(baseURL) did not answer \(what) for \(Self.seconds(now - start)) (\(attempts) attempts; --retry-timeout or HTC_RETRY_TIMEOUT allows \(Self.seconds(retryTimeout))): \(error.message)",

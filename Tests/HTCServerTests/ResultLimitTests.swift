@@ -82,7 +82,7 @@ import Testing
     @Test func aRequestThatFindsNoServerIsRetriedThenGivesUpWithTheReason() async throws {
         let log = CapturedLog()
         var remote = RemoteGridClient(baseURL: URL(string: "http://127.0.0.1:1")!, apiKey: nil, logger: log.logger())
-        remote.retryTimeout = .milliseconds(800)
+        remote.retryTimeout = .seconds(1)
         let start = ContinuousClock.now
         do {
             _ = try await remote.session(SessionID("s1"))
@@ -92,9 +92,10 @@ import Testing
             #expect(error.message.contains("did not answer GET /v1/sessions/s1"), "\(error.message)")
             #expect(error.message.contains("--retry-timeout"), "\(error.message)")
         }
-        #expect(ContinuousClock.now - start >= .milliseconds(500), "sent again with backoff for about the retry timeout")
-        // Said once, not at every attempt (one line per retryReportInterval, 10 s).
-        #expect(log.text.split(separator: "\n").filter { $0.contains("retrying") }.count == 1, "\(log.text)")
+        #expect(ContinuousClock.now - start >= .seconds(1), "sent again with backoff until the retry timeout")
+        // Said at most once (one line per retryReportInterval, 10 s), not at every attempt; none when a
+        // loaded machine spent the whole second on the first attempt.
+        #expect(log.text.split(separator: "\n").filter { $0.contains("retrying") }.count <= 1, "\(log.text)")
     }
 
     @Test func gatewayStatusesAreRetriedWhateverTheirBody() {
