@@ -6,7 +6,8 @@ import Testing
 
 /// `htc wait --server` across a restart of `htc-server` (SIGKILL, then a new process on the same port and
 /// database, as Kubernetes replaces a pod behind its Service): the command keeps retrying, says so on
-/// stderr, and ends with the right counts once the server is back.
+/// stderr, and ends with the right counts once the server is back; an `htc submit --server` started while
+/// the server is down goes through once it is back, and `htc results --server` reads every output.
 @Suite(.serialized) struct ServerRestartTests {
     private func binary(_ name: String) throws -> URL {
         try AgentPool.agentBinary().deletingLastPathComponent().appendingPathComponent(name)
@@ -85,10 +86,24 @@ import Testing
             !wait.isRunning || text(waitErr).contains("retrying")
         }
         #expect(wait.isRunning, "htc wait must keep retrying while the server is down; it exited with \(wait.terminationStatus): \(text(waitErr))")
+        // A submission started while the server is down waits for it too.
+        let lateOut = directory.appendingPathComponent("late.out")
+        let lateErr = directory.appendingPathComponent("late.err")
+        let late = try htc(["submit", inputs.path, "--server", first.base.absoluteString, "--json"], key: "acme-secret", stdout: lateOut, stderr: lateErr)
+        defer { if late.isRunning { kill(late.processIdentifier, SIGKILL) } }
+        try await waitUntil(timeout: .seconds(30), "htc submit finds no server") { !late.isRunning || text(lateErr).contains("retrying") }
+        #expect(late.isRunning, "htc submit must keep retrying while the server is down: \(text(lateErr))")
 
         // A new server on the same port and database; then the tasks may finish.
         let second = try await ServerProcess.start(executable: try binary("htc-server"), arguments: serverArguments, port: port)
         defer { second.kill() }
+        try await waitUntil(timeout: .seconds(60), "htc submit ends") { !late.isRunning }
+        #expect(late.terminationStatus == 0, "stderr: \(text(lateErr))")
+        let lateSession = try #require(
+            (try? JSONSerialization.jsonObject(with: Data(text(lateOut).utf8)) as? [String: Any])?["session_id"] as? String, "stdout: \(text(lateOut))")
+        let (_, lateData) = await second.request("GET", "/v1/sessions/\(lateSession)", headers: ["x-api-key": "acme-secret"])
+        let lateRecord = try #require(try JSONSerialization.jsonObject(with: lateData) as? [String: Any])
+        #expect(lateRecord["task_count"] as? Int == total, "the submission sent again created no task twice")
         _ = FileManager.default.createFile(atPath: gate.path, contents: nil)
         try await waitUntil(timeout: .seconds(90), "htc wait ends") { !wait.isRunning }
 
@@ -98,6 +113,18 @@ import Testing
         #expect(counts["failed"] == 0)
         #expect(text(waitErr).contains("answers again"), "stderr: \(text(waitErr))")
         print("htc wait across a server restart, stderr:\n\(text(waitErr))")
+
+        // Every output reads back through the new server.
+        let resultsOut = directory.appendingPathComponent("results.out")
+        let results = try htc(
+            ["results", session, "--server", second.base.absoluteString, "--all", "--json"], key: "acme-secret", stdout: resultsOut,
+            stderr: directory.appendingPathComponent("results.err"))
+        results.waitUntilExit()
+        #expect(results.terminationStatus == 0)
+        let outputs = text(resultsOut).split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["output"] as? String
+        }
+        #expect(outputs == (0..<total).map { "task \($0)" })
 
         second.process.terminate()
         second.process.waitUntilExit()

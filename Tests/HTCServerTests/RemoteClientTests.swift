@@ -84,6 +84,16 @@ import Testing
         }
     }
 
+    @Test func retryTimeoutFromTheFlagOrTheVariable() throws {
+        let server = ["--server", "http://127.0.0.1:8080"]
+        #expect(try ClientOptions.parse(server).remoteClient(Environment([:]))?.retryTimeout == .seconds(60))
+        #expect(try ClientOptions.parse(server + ["--retry-timeout", "5"]).remoteClient(Environment(["HTC_RETRY_TIMEOUT": "9"]))?.retryTimeout == .seconds(5))
+        #expect(try ClientOptions.parse(server).remoteClient(Environment(["HTC_RETRY_TIMEOUT": "0"]))?.retryTimeout == .zero)
+        #expect(try ClientOptions.parse([]).retryDuration(Environment(["HTC_RETRY_TIMEOUT": "2.5"])) == .milliseconds(2_500))
+        #expect(throws: ValidationError.self) { try ClientOptions.parse(server + ["--retry-timeout=-1"]).remoteClient(Environment([:])) }
+        #expect(throws: GridError.self) { try ClientOptions.parse(server).remoteClient(Environment(["HTC_RETRY_TIMEOUT": "soon"])) }
+    }
+
     @Test func serverOptionChoosesTheRemoteClient() throws {
         let parsed = try ClientOptions.parse(["--server", "http://127.0.0.1:8080", "--api-key", "k"])
         #expect(try parsed.remoteClient(Environment([:]))?.baseURL.absoluteString == "http://127.0.0.1:8080")
