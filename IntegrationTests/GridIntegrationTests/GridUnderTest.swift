@@ -129,11 +129,12 @@ struct ServerProcess {
     let process: Process
     let base: URL
 
-    /// Starts `htc-server` with `arguments` and waits until its log says which port it listens on.
-    static func start(executable: URL, arguments: [String], environment: [String: String]? = nil) async throws -> ServerProcess {
+    /// Starts `htc-server` with `arguments` and waits until its log says which port it listens on:
+    /// a free one, or `port` (to start a server again where the last one was).
+    static func start(executable: URL, arguments: [String], environment: [String: String]? = nil, port: Int = 0) async throws -> ServerProcess {
         let server = Process()
         server.executableURL = executable
-        server.arguments = ["--listen", "127.0.0.1:0", "--log-level", "info"] + arguments
+        server.arguments = ["--listen", "127.0.0.1:\(port)", "--log-level", "info"] + arguments
         if let environment { server.environment = environment }
         let pipe = Pipe()
         server.standardError = pipe

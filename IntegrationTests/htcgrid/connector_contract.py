@@ -391,11 +391,13 @@ def main():
         expect("{" not in error.body, f"the 543 body is not plain text: {error.body}")
         expect_api_error(lambda: private._call("GET", "/result", "not base64!"), 542, "base64")
         expect_api_error(lambda: private._call("POST", "/cancel", base64.urlsafe_b64encode(b'{"sessions": []}').decode()), 542, "session_ids_to_cancel")
-        # The same submission sent again (a timeout, a restarted server) gets the same answer; the same
-        # session id with another task list, or from another tenant, is refused.
+        # The same submission sent again (a timeout, a restarted server) gets the same answer; another
+        # tenant's submit of that session id is refused exactly as for an unknown id, so it learns nothing.
         again = private.submit(jobs)
         expect(again["task_ids"] == submitted["task_ids"], f"a submission sent again answered {again['task_ids']}")
-        expect_api_error(lambda: public.submit(jobs), 543, "submitted before")
+        foreign = expect_api_error(lambda: public.submit(jobs), 543, f"no submission under {jobs['session_id']}-payload")
+        unknown = expect_api_error(lambda: public._call("POST", "/submit", missing), 543, f"{missing}-payload")
+        expect(foreign.body.replace(jobs["session_id"], "S") == unknown.body.replace(missing, "S"), f"{foreign.body} != {unknown.body}")
         print("ok: 401 for bad credentials, 543 and 542 with plain-text bodies, a submission sent again")
 
         # 6. The data plane holds exactly HTC-Grid's keys and encodings.

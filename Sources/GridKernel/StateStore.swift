@@ -185,7 +185,8 @@ public protocol StateStore: Sendable {
     /// - Throws: ``GridError/Code/unavailable``.
     func counts(_ session: SessionID) async throws -> StateCounts
 
-    /// Pages through a session's tasks in one state, in index order.
+    /// Pages through a session's tasks in one state, in index order. Cursors are ``IntegerCursor``s of
+    /// the last index returned: clients end a page early and resume after any task of it.
     ///
     /// - Throws: ``GridError/Code/invalidArgument`` for a malformed cursor; ``GridError/Code/unavailable``.
     func tasks(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int) async throws -> Page<TaskRecord>

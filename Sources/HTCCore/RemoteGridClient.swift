@@ -1,26 +1,38 @@
 import Foundation
 import GridKernel
+import Logging
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
 
 /// A client of `htc-server`'s API v1 (see openapi.yaml), for `htc --server URL`.
+///
+/// A server restart (a rolling update in Kubernetes) must not end a running `htc wait`: every request
+/// that is safe to send again — reads, submissions (each request carries an idempotency key), session
+/// creation — is repeated while it fails for want of a server (no connection, 502, 503, 504) for up to
+/// ``retryTimeout``, as ``GridKernel/GridClient`` repeats backend steps for
+/// ``GridKernel/ClientConfiguration/retryTimeout``. Cancel and delete are sent once.
 public struct RemoteGridClient: GridService {
     /// The server, e.g. `http://grid.example:8080`.
     public let baseURL: URL
     private let apiKey: String?
     private let urlSession: URLSession
+    private let logger: Logger
     /// Tasks per submission request; the server accepts up to 10,000.
     public var submitBatchSize = 10_000
-    /// How long a submission request that failed for want of a server is sent again. Default 60 s.
+    /// How long a request that failed for want of a server is sent again, with backoff from 100 ms
+    /// doubling to 5 s; zero sends every request once. Default 60 s (`htc --retry-timeout`).
     public var retryTimeout: Duration = .seconds(60)
+    /// How often a request being retried says so in the log (at warning level: on stderr).
+    public var retryReportInterval: Duration = .seconds(10)
 
     /// Creates a client; `apiKey` goes in `x-api-key`.
-    public init(baseURL: URL, apiKey: String?, urlSession: URLSession = .shared) {
+    public init(baseURL: URL, apiKey: String?, urlSession: URLSession = .shared, logger: Logger = Logger(label: "htc.client")) {
         self.baseURL = baseURL
         self.apiKey = apiKey
         self.urlSession = urlSession
+        self.logger = logger
     }
 
     /// Creates a session.
@@ -35,6 +47,7 @@ public struct RemoteGridClient: GridService {
             task_timeout_seconds: options.taskTimeout?.timeInterval,
             labels: options.labels.isEmpty ? nil : options.labels
         )
+        // Sent again after a lost answer, this may leave an empty session behind; it holds no task.
         return try await send("POST", "/v1/sessions", body: try JSONEncoder().encode(body), as: SessionBody.self).record()
     }
 
@@ -61,11 +74,9 @@ public struct RemoteGridClient: GridService {
             }
             body += "]}"
             let requestKey = try SubmissionKey(String(key.rawValue.prefix(118)) + ".r\(request)")
-            let answer = try await retrying {
-                try await send(
-                    "POST", "/v1/sessions/\(session.rawValue)/tasks", body: Data(body.utf8), headers: ["Idempotency-Key": requestKey.rawValue],
-                    as: SubmitBody.self)
-            }
+            let answer = try await send(
+                "POST", "/v1/sessions/\(session.rawValue)/tasks", body: Data(body.utf8), headers: ["Idempotency-Key": requestKey.rawValue],
+                as: SubmitBody.self)
             ids += try answer.task_ids.map { try TaskID($0) }
             start = end
             request += 1
@@ -74,18 +85,54 @@ public struct RemoteGridClient: GridService {
     }
 
     /// Sends a request again while it fails with ``GridKernel/GridError/Code/unavailable`` (no
-    /// connection, a 5xx), with exponential backoff from 100 ms to 5 s, for up to ``retryTimeout``.
-    private func retrying<T>(_ body: () async throws -> T) async throws -> T {
-        let deadline = ContinuousClock.now + retryTimeout
+    /// connection, 502, 503, 504), with exponential backoff from 100 ms to 5 s, for up to
+    /// ``retryTimeout``; logs the first failure and then one line every ``retryReportInterval``.
+    ///
+    /// - Throws: the last error, with how long the server was tried, when the time is spent.
+    private func retrying<T>(_ what: String, _ body: () async throws -> T) async throws -> T {
+        let start = ContinuousClock.now
+        let deadline = start + retryTimeout
         var backoff = Duration.milliseconds(100)
+        var reported: ContinuousClock.Instant?
+        var attempts = 0
         while true {
             do {
-                return try await body()
-            } catch let error as GridError where error.code == .unavailable && ContinuousClock.now + backoff < deadline {
-                try await Task.sleep(for: backoff)
+                let answer = try await body()
+                if reported != nil {
+                    logger.warning("htc-server answers again", metadata: ["server": "\(baseURL)", "after": "\(Self.seconds(ContinuousClock.now - start))"])
+                }
+                return answer
+            } catch let error as GridError where error.code == .unavailable {
+                attempts += 1
+                let now = ContinuousClock.now
+                guard now < deadline else {
+                    // With no retries asked for, the error as it came.
+                    guard retryTimeout > .zero else { throw error }
+                    throw GridError(
+                        .unavailable,
+                        "htc-server at \(baseURL) did not answer \(what) for \(Self.seconds(now - start)) (\(attempts) attempts; --retry-timeout or HTC_RETRY_TIMEOUT allows \(Self.seconds(retryTimeout))): \(error.message)",
+                        backend: "http", underlying: error
+                    )
+                }
+                if reported.map({ now - $0 >= retryReportInterval }) ?? true {
+                    reported = now
+                    logger.warning(
+                        "htc-server is not answering; retrying",
+                        metadata: [
+                            "server": "\(baseURL)", "request": "\(what)", "error": "\(error.message)",
+                            "for": "\(Self.seconds(now - start))", "giving up in": "\(Self.seconds(deadline - now))",
+                        ]
+                    )
+                }
+                // The last attempt comes at the deadline, not a whole backoff before or after it.
+                try await Task.sleep(for: min(backoff, deadline - now))
                 backoff = min(backoff * 2, .seconds(5))
             }
         }
+    }
+
+    private static func seconds(_ duration: Duration) -> String {
+        "\((duration.timeInterval * 10).rounded() / 10) s"
     }
 
     /// Reads a session.
@@ -135,7 +182,7 @@ public struct RemoteGridClient: GridService {
     ///
     /// - Throws: what the server answers.
     public func cancel(_ session: SessionID) async throws -> CancelCounts {
-        let body = try await send("POST", "/v1/sessions/\(session.rawValue)/cancel", as: CancelBody.self)
+        let body = try await send("POST", "/v1/sessions/\(session.rawValue)/cancel", retry: false, as: CancelBody.self)
         return CancelCounts(pending: body.cancelled_pending, processing: body.cancelled_processing)
     }
 
@@ -143,7 +190,7 @@ public struct RemoteGridClient: GridService {
     ///
     /// - Throws: what the server answers.
     public func deleteSession(_ session: SessionID) async throws -> Int {
-        try await send("DELETE", "/v1/sessions/\(session.rawValue)", as: DeleteBody.self).deleted_tasks
+        try await send("DELETE", "/v1/sessions/\(session.rawValue)", retry: false, as: DeleteBody.self).deleted_tasks
     }
 
     /// Waits until every task is terminal, polling the session's counts.
@@ -171,8 +218,16 @@ public struct RemoteGridClient: GridService {
 
     // MARK: - HTTP
 
+    /// One request, sent again as ``retrying(_:_:)`` says unless `retry` is false.
     private func send<Answer: Decodable>(
-        _ method: String, _ path: String, body: Data? = nil, headers: [String: String] = [:], as type: Answer.Type
+        _ method: String, _ path: String, body: Data? = nil, headers: [String: String] = [:], retry: Bool = true, as type: Answer.Type
+    ) async throws -> Answer {
+        guard retry else { return try await sendOnce(method, path, body: body, headers: headers, as: type) }
+        return try await retrying("\(method) \(path)") { try await sendOnce(method, path, body: body, headers: headers, as: type) }
+    }
+
+    private func sendOnce<Answer: Decodable>(
+        _ method: String, _ path: String, body: Data?, headers: [String: String], as type: Answer.Type
     ) async throws -> Answer {
         guard let url = URL(string: path, relativeTo: baseURL) else {
             throw GridError.invalidArgument("cannot make a URL of \(baseURL) and \(path)")
@@ -212,6 +267,8 @@ public struct RemoteGridClient: GridService {
         let document = try? JSONDecoder().decode(ErrorBody.self, from: data)
         let message = document?.error.message ?? "htc-server answered HTTP \(status)"
         let code: GridError.Code
+        // A gateway or proxy in front of a restarting server answers these, whatever its body says.
+        if [502, 503, 504].contains(status) { return GridError(.unavailable, message, backend: "http") }
         switch document?.error.code {
         case "not_found": code = .notFound
         case "invalid_argument": code = .invalidArgument
@@ -221,7 +278,7 @@ public struct RemoteGridClient: GridService {
         case "unavailable": code = .unavailable
         case "timeout": code = .timeout
         case "lease_lost": code = .leaseLost
-        default: code = status == 503 || status == 502 || status == 504 ? .unavailable : .internalError
+        default: code = .internalError
         }
         return GridError(code, message, backend: "http")
     }

@@ -10,13 +10,20 @@ struct ClientOptions: ParsableArguments {
     var server: String?
     @Option(help: "API key for --server; prefer the variable, which ps does not show (env HTC_API_KEY).")
     var apiKey: String?
+    @Option(
+        help: ArgumentHelp(
+            "Keep retrying a request that fails for want of a server or backend (a restart) for this many seconds; 0 gives up at once (env HTC_RETRY_TIMEOUT, default 60).",
+            valueName: "seconds"))
+    var retryTimeout: Double?
     @Flag(help: "Print JSON instead of tables.") var json = false
 
     func makeClient(_ environment: Environment = Environment()) async throws -> any GridService {
         LoggingSetup.bootstrap(level: try grid.level(environment, default: .warning))
         if let remote = try remoteClient(environment) { return remote }
         let logger = Logger(label: "htc.client")
-        return GridClient(backends: try await grid.makeBackends(logger: logger), logger: logger)
+        var configuration = ClientConfiguration()
+        configuration.retryTimeout = try retryDuration(environment)
+        return GridClient(backends: try await grid.makeBackends(logger: logger), configuration: configuration, logger: logger)
     }
 
     /// The client of `--server` (or `HTC_SERVER`), or `nil` when the backends are used directly.
@@ -25,7 +32,19 @@ struct ClientOptions: ParsableArguments {
         guard let url = URL(string: server), url.scheme == "http" || url.scheme == "https", url.host != nil else {
             throw ValidationError("--server \(server) is not an http:// or https:// URL")
         }
-        return RemoteGridClient(baseURL: url, apiKey: apiKey ?? environment.string("HTC_API_KEY"))
+        var client = RemoteGridClient(baseURL: url, apiKey: apiKey ?? environment.string("HTC_API_KEY"))
+        client.retryTimeout = try retryDuration(environment)
+        return client
+    }
+
+    /// `--retry-timeout` (or `HTC_RETRY_TIMEOUT`): one setting for both clients, the remote one's requests
+    /// and the direct one's ``GridKernel/ClientConfiguration/retryTimeout``.
+    func retryDuration(_ environment: Environment) throws -> Duration {
+        let seconds = try retryTimeout ?? environment.seconds("HTC_RETRY_TIMEOUT") ?? 60
+        guard seconds >= 0, seconds.isFinite else {
+            throw ValidationError("--retry-timeout \(seconds) must be a number of seconds, 0 or more")
+        }
+        return Duration(timeInterval: seconds)
     }
 }
 

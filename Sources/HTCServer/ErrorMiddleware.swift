@@ -48,7 +48,11 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 
     static func response(status: HTTPResponse.Status, code: String, message: String) -> Response {
         let body = ErrorDocument(error: .init(code: code, message: message))
-        let data = (try? JSONEncoder().encode(body)) ?? Data(#"{"error":{"code":"internal_error","message":""}}"#.utf8)
+        // Sorted keys: the same error gives the same bytes every time (a tenant comparing the answer for
+        // another tenant's session with one for an unknown id must find no difference).
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let data = (try? encoder.encode(body)) ?? Data(#"{"error":{"code":"internal_error","message":""}}"#.utf8)
         return Response(
             status: status,
             headers: [.contentType: "application/json; charset=utf-8"],

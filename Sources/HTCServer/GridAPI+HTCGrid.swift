@@ -10,18 +10,27 @@ public struct HTCGridCompatibility: Sendable {
     public var basePath: String
     /// The most tasks one `POST /submit` may carry; HTC-Grid has no limit of its own. Default 100,000.
     public var maxTasksPerSubmission: Int
+    /// The largest `GET /result` answer, in bytes of its id lists; a session with more terminal tasks
+    /// gets 542 instead of an answer of unbounded size (HTC-Grid's Lambda fails at 6 MB). Default 8 MiB,
+    /// which holds a full submission of ``maxTasksPerSubmission`` tasks under the connector's `uuid1` ids
+    /// (about 67 bytes a task).
+    public var maxResultBytes: Int
 
     /// Creates the settings.
     ///
     /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` when the base path does not start with
-    ///   `/` or holds anything but letters, digits, `-`, `_`, `.` and `/`.
-    public init(basePath: String = "/v1", maxTasksPerSubmission: Int = 100_000) throws {
+    ///   `/` or holds anything but letters, digits, `-`, `_`, `.` and `/`, or `maxResultBytes` is not positive.
+    public init(basePath: String = "/v1", maxTasksPerSubmission: Int = 100_000, maxResultBytes: Int = 8 * 1024 * 1024) throws {
         let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_./"))
         guard basePath.hasPrefix("/"), basePath.unicodeScalars.allSatisfy(allowed.contains) else {
             throw GridError.invalidArgument("--htcgrid-base-path \(basePath) must be a path such as /v1 (letters, digits, -, _, ., /)")
         }
+        guard maxResultBytes > 0 else {
+            throw GridError.invalidArgument("--htcgrid-max-result-bytes is \(maxResultBytes); it must be a positive number of bytes")
+        }
         self.basePath = basePath
         self.maxTasksPerSubmission = maxTasksPerSubmission
+        self.maxResultBytes = maxResultBytes
     }
 }
 
@@ -42,7 +51,7 @@ extension GridAPI {
             await Self.htcgridErrors(status: 543, context) { try await self.htcgridSubmit(request, context, settings) }
         }
         group.get("result") { request, context in
-            await Self.htcgridErrors(status: 542, context) { try await self.htcgridResult(request, context) }
+            await Self.htcgridErrors(status: 542, context) { try await self.htcgridResult(request, context, settings) }
         }
         group.post("cancel") { request, context in
             await Self.htcgridErrors(status: 542, context) { try await self.htcgridCancel(request, context) }
@@ -60,9 +69,11 @@ extension GridAPI {
             )
         }
         let key = PayloadKey.sessionPayload(session)
-        guard let document = try await client.backends.payloads.get([key])[key] else {
-            throw GridError.notFound("no submission under \(key) in the data plane; store it before calling submit")
-        }
+        let missing = GridError.notFound("no submission under \(key) in the data plane; store it before calling submit")
+        // Another tenant's session answers exactly as an unknown id without a submission does, so a
+        // caller cannot learn which session ids other tenants use; it is looked up before the payload.
+        if let existing = try await htcgridExistingSession(session), !visible(existing, to: context) { throw missing }
+        guard let document = try await client.backends.payloads.get([key])[key] else { throw missing }
         let submission: HTCGridSubmission
         do {
             submission = try StrictDecoding.decode(HTCGridSubmission.self, from: Data(document))
@@ -83,6 +94,7 @@ extension GridAPI {
             // The same submission sent again (the client timed out, the server restarted): resume or
             // answer it under its one idempotency key; anything else under this id is refused.
             let existing = try await client.session(session)
+            guard visible(existing, to: context) else { throw missing }
             guard existing.options.labels[Self.protocolLabel] == "htcgrid", existing.options.labels[Self.tenantLabel] == context.tenant else {
                 throw GridError(.conflict, "session \(session) was submitted before; HTC-Grid clients submit each session id once")
             }
@@ -94,21 +106,45 @@ extension GridAPI {
         return try Self.json(SubmitTasksResponse(sessionID: session, taskIDs: ids))
     }
 
+    /// The session under an id, whoever it belongs to; `nil` when there is none.
+    private func htcgridExistingSession(_ id: SessionID) async throws -> SessionRecord? {
+        do {
+            return try await client.session(id)
+        } catch let error as GridError where error.code == .notFound {
+            return nil
+        }
+    }
+
     /// The idempotency key of an HTC-Grid submission: one per session id, which HTC-Grid clients submit once.
     static let htcgridSubmissionKey = try! SubmissionKey("htcgrid-submit")
 
     /// `GET /result?submission_content=urlsafe_b64({"session_id": …})`: the ids of the session's finished,
     /// cancelled and failed tasks with a placeholder per output, and how many there are.
-    private func htcgridResult(_ request: Request, _ context: ServerRequestContext) async throws -> Response {
+    ///
+    /// The connector has no paging: it polls until `tasks_in_response` is its task count. So the answer
+    /// is whole or refused (542) once its lists would pass ``HTCGridCompatibility/maxResultBytes``; the
+    /// lists are not built further than that.
+    private func htcgridResult(_ request: Request, _ context: ServerRequestContext, _ settings: HTCGridCompatibility) async throws -> Response {
         let query = try Self.decodedContent(request, HTCGridResultQuery.self)
         var body = HTCGridResultBody()
         // An unknown session, or one of another tenant, has no tasks: HTC-Grid answers with empty lists.
         if let session = try await htcgridSession(query.sessionID, context) {
+            // Each id is listed once (`"id",`) with one placeholder (`"read_from_dataplane",`).
+            let placeholderBytes = Self.dataPlanePlaceholder.utf8.count + 3
+            var bytes = 0
             for state in [TaskState.finished, .cancelled, .failed] {
                 var cursor: String?
                 var ids: [String] = []
                 repeat {
                     let page = try await client.backends.state.tasks(session.id, state: state, after: cursor, limit: 10_000)
+                    for record in page.items { bytes += record.id.rawValue.utf8.count + 3 + placeholderBytes }
+                    guard bytes <= settings.maxResultBytes else {
+                        throw GridError(
+                            .payloadTooLarge,
+                            "session \(session.id) has too many finished, cancelled and failed tasks for one /result answer (over \(ByteCount(settings.maxResultBytes)), --htcgrid-max-result-bytes); "
+                                + "page through them with GET /v1/sessions/\(session.id)/results instead"
+                        )
+                    }
                     ids += page.items.map(\.id.rawValue)
                     cursor = page.next
                 } while cursor != nil

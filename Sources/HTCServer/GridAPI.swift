@@ -46,7 +46,7 @@ public struct GridAPI: Sendable {
     /// and with `htcgrid` HTC-Grid's `submit`, `result` and `cancel` under its base path, behind `auth` too.
     public func makeRouter(auth: AuthMode, htcgrid: HTCGridCompatibility? = nil) -> Router<ServerRequestContext> {
         let router = Router(context: ServerRequestContext.self)
-        router.add(middleware: AccessLogMiddleware<ServerRequestContext>())
+        router.add(middleware: AccessLogMiddleware())
         router.add(middleware: MetricsMiddleware<ServerRequestContext>())
         router.add(middleware: ErrorMiddleware<ServerRequestContext>())
         router.get("healthz") { _, _ in try Self.json(HealthBody(status: "ok")) }
@@ -263,7 +263,7 @@ public struct GridAPI: Sendable {
         let after = Self.string(request, "after")
         let deadline = clock.now.addingTimeInterval(wait.timeInterval)
         var delay = configuration.pollBackoff.lowerBound
-        var page = try await client.results(record.id, state: state, after: after, limit: limit)
+        var page = try await client.results(record.id, state: state, after: after, limit: limit, maxOutputBytes: configuration.resultsPageBytes)
         // Long-poll: look again with a growing delay until something arrives or the wait is over. A
         // graceful shutdown ends the wait at once (with what there is), so a rolling restart is not held
         // up by clients waiting for results.
@@ -274,7 +274,7 @@ public struct GridAPI: Sendable {
             try? await cancelWhenGracefulShutdown { try await self.clock.sleep(for: pause) }
             try Task.checkCancellation()
             delay = min(delay * 2, configuration.pollBackoff.upperBound)
-            page = try await client.results(record.id, state: state, after: after, limit: limit)
+            page = try await client.results(record.id, state: state, after: after, limit: limit, maxOutputBytes: configuration.resultsPageBytes)
         }
         metrics.returned(page.items.count, state: state)
         if wait > .zero { metrics.longPoll(foundData: !page.items.isEmpty) }

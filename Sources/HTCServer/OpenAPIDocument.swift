@@ -202,7 +202,11 @@ paths:
         - { name: wait, in: query, schema: { type: number, minimum: 0, maximum: 60, default: 0 }, description: "seconds to wait when the page would be empty" }
       responses:
         "200":
-          description: A page of tasks; next is the position after the last item, also on the last page.
+          description: >-
+            A page of tasks; next is the position after the last item, also on the last page. A page is
+            bounded in bytes as well as in count: it ends early, with has_more true, once the outputs it
+            read reach the server's --results-page-bytes (4 MiB by default; at least one task per page).
+            Outputs over --inline-output-bytes (1 MiB) come as output_url instead of output_base64.
           content:
             application/json:
               schema:
@@ -280,7 +284,7 @@ paths:
   /v1/result:
     get:
       summary: "HTC-Grid compatibility: the session's finished, cancelled and failed tasks; outputs are read from the data plane."
-      description: "submission_content is urlsafe_b64encode(json.dumps({\"session_id\": SID}))."
+      description: "submission_content is urlsafe_b64encode(json.dumps({\"session_id\": SID})). The answer is whole or refused: a session whose lists would pass --htcgrid-max-result-bytes (8 MiB by default) gets 542; page through GET /v1/sessions/{id}/results instead."
       parameters: [{ $ref: "#/components/parameters/SubmissionContent" }]
       responses:
         "200":

@@ -46,6 +46,12 @@ public struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Largest request body in bytes; larger ones get 413 (env HTC_MAX_BODY_BYTES, default 67108864).")
     var maxBodyBytes: Int?
 
+    @Option(help: "Outputs up to this many bytes travel inline in results pages; larger ones as a link to GET /v1/tasks/{id}/output (env HTC_INLINE_OUTPUT_BYTES, default 1048576).")
+    var inlineOutputBytes: Int?
+
+    @Option(help: "A results page ends early once the outputs it read reach this many bytes (env HTC_RESULTS_PAGE_BYTES, default 4194304).")
+    var resultsPageBytes: Int?
+
     @Option(help: "Seconds between reaper passes; 0 turns the server's reaper off (env HTC_REAPER_INTERVAL, default 5).")
     var reaperInterval: Double?
 
@@ -57,6 +63,9 @@ public struct ServerCommand: AsyncParsableCommand {
 
     @Option(help: "Path HTC-Grid's routes are served under, its API Gateway stage (env HTC_HTCGRID_BASE_PATH, default /v1).")
     var htcgridBasePath: String?
+
+    @Option(help: "Largest HTC-Grid GET /result answer in bytes; a session with more terminal tasks gets 542 (env HTC_HTCGRID_MAX_RESULT_BYTES, default 8388608).")
+    var htcgridMaxResultBytes: Int?
 
     @Option(help: "Run between MIN and MAX htc-agent processes on this machine, started and stopped by the scaling policy (env HTC_LOCAL_AGENTS, e.g. 1..4).")
     var localAgents: String?
@@ -223,12 +232,26 @@ public struct ServerCommand: AsyncParsableCommand {
             guard value > 0 else { throw GridError.invalidArgument("--max-body-bytes must be positive") }
             configuration.maxBodyBytes = value
         }
+        if let value = try inlineOutputBytes ?? environment.int("HTC_INLINE_OUTPUT_BYTES") {
+            guard value >= 0 else { throw GridError.invalidArgument("--inline-output-bytes must be 0 or more") }
+            configuration.inlineOutputLimit = value
+        }
+        if let value = try resultsPageBytes ?? environment.int("HTC_RESULTS_PAGE_BYTES") {
+            guard value > 0 else { throw GridError.invalidArgument("--results-page-bytes must be positive") }
+            configuration.resultsPageBytes = value
+        }
         let reaper = try ReaperConfiguration.settings(interval: reaperInterval, submissionGrace: submissionGrace, environment)
         var htcgrid: HTCGridCompatibility?
         if try htcgridCompat || environment.bool("HTC_HTCGRID_COMPAT") {
-            htcgrid = try HTCGridCompatibility(basePath: htcgridBasePath ?? environment.string("HTC_HTCGRID_BASE_PATH") ?? "/v1")
-        } else if htcgridBasePath != nil {
-            throw GridError.invalidArgument("--htcgrid-base-path needs --htcgrid-compat")
+            var compatibility = try HTCGridCompatibility(basePath: htcgridBasePath ?? environment.string("HTC_HTCGRID_BASE_PATH") ?? "/v1")
+            if let bytes = try htcgridMaxResultBytes ?? environment.int("HTC_HTCGRID_MAX_RESULT_BYTES") {
+                compatibility = try HTCGridCompatibility(
+                    basePath: compatibility.basePath, maxTasksPerSubmission: compatibility.maxTasksPerSubmission, maxResultBytes: bytes
+                )
+            }
+            htcgrid = compatibility
+        } else if htcgridBasePath != nil || htcgridMaxResultBytes != nil {
+            throw GridError.invalidArgument("--htcgrid-base-path and --htcgrid-max-result-bytes need --htcgrid-compat")
         }
         return Settings(
             listen: listen,

@@ -11,6 +11,10 @@ public struct ServerConfiguration: Sendable {
     /// Outputs up to this size are returned inline in result pages; larger ones are fetched per task
     /// from `GET /v1/tasks/{id}/output`. Default 1 MiB.
     public var inlineOutputLimit: Int
+    /// A results page ends early, with `has_more` and a `next` cursor, once the outputs it read reach
+    /// this many bytes (it always holds at least one task). With ``inlineOutputLimit`` it bounds a page:
+    /// at most this much output inline (before base64), the rest as links. Default 4 MiB.
+    public var resultsPageBytes: Int
     /// The longest long-poll a client may ask for with `wait`; longer waits get 400. Default 60 s.
     public var maxWait: Duration
     /// How long a long-poll waits between looks at the state store, at first and at most; the delay
@@ -26,6 +30,7 @@ public struct ServerConfiguration: Sendable {
         maxTasksPerRequest: Int = 10_000,
         maxPayloadBytes: Int = 8 * 1024 * 1024,
         inlineOutputLimit: Int = 1024 * 1024,
+        resultsPageBytes: Int = 4 * 1024 * 1024,
         maxWait: Duration = .seconds(60),
         pollBackoff: ClosedRange<Duration> = .milliseconds(10) ... .milliseconds(500),
         metricsSessionLimit: Int = 1_000
@@ -34,6 +39,7 @@ public struct ServerConfiguration: Sendable {
         self.maxTasksPerRequest = maxTasksPerRequest
         self.maxPayloadBytes = maxPayloadBytes
         self.inlineOutputLimit = inlineOutputLimit
+        self.resultsPageBytes = resultsPageBytes
         self.maxWait = maxWait
         self.pollBackoff = pollBackoff
         self.metricsSessionLimit = metricsSessionLimit

@@ -37,6 +37,36 @@ import Testing
         #expect(messages == 10, "one message per task")
     }
 
+    @Test func aResultsPageEndsAtItsOutputBudgetAndTheCursorSkipsNoTask() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends)
+        let session = try await client.createSession()
+        // 40 outputs of 100 bytes, all in the payload store (read in batches), a budget of 1,000 bytes.
+        let inputs = (0..<40).map { index in [UInt8](repeating: UInt8(index), count: 100) }
+        let ids = try await client.submit(session.id, inputs: inputs)
+        var configuration = fastAgent()
+        configuration.inlineOutputLimit = 0
+        let agent = try Agent(backends: backends, handler: ClosureHandler { input, _ in input }, configuration: configuration)
+        try await withAgent(agent) {
+            try await waitUntil("every task finished") { try await client.counts(session.id)[.finished] == 40 }
+        }
+        #expect(try await backends.payloads.get(ids.map { PayloadKey.output($0, attempt: 1) }).count == 40, "outputs are external")
+
+        var pages: [[TaskResult]] = []
+        var cursor: String?
+        repeat {
+            let page = try await client.results(session.id, state: .finished, after: cursor, limit: 1_000, maxOutputBytes: 1_000)
+            pages.append(page.items)
+            cursor = page.next
+        } while cursor != nil && pages.count < 10
+        #expect(pages.map(\.count) == [10, 10, 10, 10] || pages.map(\.count) == [10, 10, 10, 10, 0])
+        #expect(pages.flatMap { $0.map(\.record.id) } == ids, "every task once, in order")
+        #expect(pages.flatMap { $0.map(\.output) } == inputs)
+        // A budget smaller than one output still returns one task per page; no budget, the whole page.
+        #expect(try await client.results(session.id, state: .finished, after: nil, limit: 1_000, maxOutputBytes: 1).items.count == 1)
+        #expect(try await client.results(session.id, state: .finished, limit: 1_000).items.count == 40)
+    }
+
     @Test func deletingASessionRemovesItsRecordsPayloadsAndQueuedWork() async throws {
         let backends = memoryBackends()
         let client = GridClient(backends: backends)

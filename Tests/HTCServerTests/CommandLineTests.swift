@@ -86,5 +86,26 @@ import Testing
         await #expect(throws: GridError.self) { try await settings(["--listen", "8080"]) }
         await #expect(throws: GridError.self) { try await settings(["--listen", ":8080"]) }
         await #expect(throws: GridError.self) { try await settings(["--max-body-bytes", "0"]) }
+        await #expect(throws: GridError.self) { try await settings(["--results-page-bytes", "0"]) }
+        await #expect(throws: GridError.self) { try await settings(["--inline-output-bytes=-1"]) }
+        await #expect(throws: GridError.self) { try await settings(["--htcgrid-max-result-bytes", "1000"]) }
+        await #expect(throws: GridError.self) { try await settings(["--htcgrid-compat", "--htcgrid-max-result-bytes", "0"]) }
+    }
+
+    @Test func responseLimitsFromFlagsOrVariables() async throws {
+        let defaults = try await settings(["--htcgrid-compat"])
+        #expect(defaults.configuration.resultsPageBytes == 4 * 1024 * 1024)
+        #expect(defaults.configuration.inlineOutputLimit == 1024 * 1024)
+        #expect(defaults.htcgrid?.maxResultBytes == 8 * 1024 * 1024)
+        let flags = try await settings(["--htcgrid-compat", "--results-page-bytes", "1000", "--inline-output-bytes", "10", "--htcgrid-max-result-bytes", "500"])
+        #expect(flags.configuration.resultsPageBytes == 1000)
+        #expect(flags.configuration.inlineOutputLimit == 10)
+        #expect(flags.htcgrid?.maxResultBytes == 500)
+        let variables = try await settings(
+            [], environment: ["HTC_HTCGRID_COMPAT": "1", "HTC_RESULTS_PAGE_BYTES": "2000", "HTC_INLINE_OUTPUT_BYTES": "20", "HTC_HTCGRID_MAX_RESULT_BYTES": "600"]
+        )
+        #expect(variables.configuration.resultsPageBytes == 2000)
+        #expect(variables.configuration.inlineOutputLimit == 20)
+        #expect(variables.htcgrid?.maxResultBytes == 600)
     }
 }

@@ -14,7 +14,7 @@ import Testing
         try await grid.application(auth: .apiKeys(try AuthTests.keys()), logger: log.logger()).test(.live) { client in
             let created = try await client.send(.post, "/v1/sessions", json: #"{"labels": {"run": "live"}}"#, key: "key-acme")
             #expect(created.status == .created)
-            let requestID = try #require(created.headers[AccessLogMiddleware<ServerRequestContext>.requestIDHeader])
+            let requestID = try #require(created.headers[AccessLogMiddleware.requestIDHeader])
             let session = try created.decode(SessionJSON.self)
             let tasks = (0..<100).map { #"{"payload_json": {"i": \#($0)}}"# }.joined(separator: ",")
             let submitted = try await client.send(.post, "/v1/sessions/\(session.id)/tasks", json: #"{"tasks": [\#(tasks)]}"#, key: "key-acme")

@@ -69,7 +69,7 @@ import Testing
                 (.invalidArgument, { _ = try await remote.results(session.id, state: .finished, after: "not-a-cursor", limit: 10) }),
                 (.unauthorized, { _ = try await RemoteGridClient(baseURL: base, apiKey: "wrong").session(session.id) }),
                 (.notFound, { _ = try await RemoteGridClient(baseURL: base, apiKey: "key-globex").session(session.id) }),
-                (.unavailable, { _ = try await RemoteGridClient(baseURL: URL(string: "http://127.0.0.1:1")!, apiKey: nil).session(session.id) }),
+                (.unavailable, { _ = try await RemoteGridClient.once(URL(string: "http://127.0.0.1:1")!).session(session.id) }),
             ]
             for (index, (code, call)) in cases.enumerated() {
                 do {
@@ -84,6 +84,16 @@ import Testing
         }
     }
 
+    @Test func retryTimeoutFromTheFlagOrTheVariable() throws {
+        let server = ["--server", "http://127.0.0.1:8080"]
+        #expect(try ClientOptions.parse(server).remoteClient(Environment([:]))?.retryTimeout == .seconds(60))
+        #expect(try ClientOptions.parse(server + ["--retry-timeout", "5"]).remoteClient(Environment(["HTC_RETRY_TIMEOUT": "9"]))?.retryTimeout == .seconds(5))
+        #expect(try ClientOptions.parse(server).remoteClient(Environment(["HTC_RETRY_TIMEOUT": "0"]))?.retryTimeout == .zero)
+        #expect(try ClientOptions.parse([]).retryDuration(Environment(["HTC_RETRY_TIMEOUT": "2.5"])) == .milliseconds(2_500))
+        #expect(throws: ValidationError.self) { try ClientOptions.parse(server + ["--retry-timeout=-1"]).remoteClient(Environment([:])) }
+        #expect(throws: GridError.self) { try ClientOptions.parse(server).remoteClient(Environment(["HTC_RETRY_TIMEOUT": "soon"])) }
+    }
+
     @Test func serverOptionChoosesTheRemoteClient() throws {
         let parsed = try ClientOptions.parse(["--server", "http://127.0.0.1:8080", "--api-key", "k"])
         #expect(try parsed.remoteClient(Environment([:]))?.baseURL.absoluteString == "http://127.0.0.1:8080")
@@ -91,5 +101,14 @@ import Testing
         #expect(try fromEnvironment.remoteClient(Environment(["HTC_SERVER": "https://grid.example"]))?.baseURL.host == "grid.example")
         #expect(try fromEnvironment.remoteClient(Environment([:])) == nil)
         #expect(throws: ValidationError.self) { try ClientOptions.parse(["--server", "grid:8080"]).remoteClient(Environment([:])) }
+    }
+}
+
+extension RemoteGridClient {
+    /// A client that sends every request once, for tests of what a failure looks like.
+    static func once(_ base: URL) -> RemoteGridClient {
+        var client = RemoteGridClient(baseURL: base, apiKey: nil)
+        client.retryTimeout = .zero
+        return client
     }
 }

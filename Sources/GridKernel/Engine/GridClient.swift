@@ -261,18 +261,52 @@ public struct GridClient: Sendable {
     /// - Throws: ``GridError/Code/invalidArgument`` for a bad cursor; ``GridError/Code/notFound`` if a
     ///   finished task's output is missing from the data plane; ``GridError/Code/unavailable``.
     public func results(_ session: SessionID, state: TaskState, after cursor: String? = nil, limit: Int = 1_000) async throws -> Page<TaskResult> {
+        try await results(session, state: state, after: cursor, limit: limit, maxOutputBytes: .max)
+    }
+
+    /// Pages through a session's tasks in one state, with the outputs of finished tasks, at most about
+    /// `maxOutputBytes` of them.
+    ///
+    /// Outputs are read from the payload store in batches sized by the outputs already read (16 to
+    /// 1,000), and the page ends early — after at least
+    /// one task — once the outputs read reach `maxOutputBytes`, so neither the page nor the memory it
+    /// takes grows with the number of tasks asked for. `next` then resumes right after the last task
+    /// returned (task cursors are ``IntegerCursor`` task indices on every backend), so no task is skipped.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a bad cursor; ``GridError/Code/notFound`` if a
+    ///   finished task's output is missing from the data plane; ``GridError/Code/unavailable``.
+    public func results(_ session: SessionID, state: TaskState, after cursor: String?, limit: Int, maxOutputBytes: Int) async throws -> Page<TaskResult> {
         let page = try await backends.state.tasks(session, state: state, after: cursor, limit: limit)
         guard state == .finished else {
             return Page(items: page.items.map { TaskResult(record: $0, output: nil) }, next: page.next)
         }
-        let externalKeys = page.items.filter { $0.output == nil }.map { PayloadKey.output(of: $0) }
-        let external = externalKeys.isEmpty ? [:] : try await backends.payloads.get(externalKeys)
-        let items = try page.items.map { record -> TaskResult in
-            if let inline = record.output { return TaskResult(record: record, output: inline) }
-            guard let stored = external[PayloadKey.output(of: record)] else {
-                throw GridError.notFound("output of finished task \(record.id) is missing from the payload store")
+        var items: [TaskResult] = []
+        items.reserveCapacity(page.items.count)
+        var bytes = 0
+        var start = page.items.startIndex
+        while start < page.items.endIndex {
+            // A few outputs first; then as many as the outputs seen so far say fit in what is left.
+            var count = 16
+            if !items.isEmpty { count = min(1_000, max(16, (maxOutputBytes - bytes) / max(1, bytes / items.count))) }
+            let batch = page.items[start..<min(start + count, page.items.endIndex)]
+            let externalKeys = batch.filter { $0.output == nil }.map { PayloadKey.output(of: $0) }
+            let external = externalKeys.isEmpty ? [:] : try await backends.payloads.get(externalKeys)
+            for record in batch {
+                let output: [UInt8]
+                if let inline = record.output {
+                    output = inline
+                } else if let stored = external[PayloadKey.output(of: record)] {
+                    output = stored
+                } else {
+                    throw GridError.notFound("output of finished task \(record.id) is missing from the payload store")
+                }
+                if !items.isEmpty && bytes + output.count > maxOutputBytes {
+                    return Page(items: items, next: items.last.map { IntegerCursor.make($0.record.id.index) })
+                }
+                bytes += output.count
+                items.append(TaskResult(record: record, output: output))
             }
-            return TaskResult(record: record, output: stored)
+            start = batch.endIndex
         }
         return Page(items: items, next: page.next)
     }
