@@ -60,6 +60,32 @@ import Testing
         let runs = try await pool.stop()
         #expect(runs.values.filter { $0 > 1 }.isEmpty, "tasks run more than once: \(runs.filter { $0.value > 1 }.keys.sorted().prefix(5))")
     }
+
+    /// `htc-server` on a Redis that persists (AOF): `/readyz` is ready, with no warning. Once the server
+    /// stops persisting (`CONFIG SET appendonly no`, no snapshots), `/readyz` — still ready — says that a
+    /// restart loses every session.
+    @Test(.enabled(if: enabled, "redis-server is not installed (scripts/install-deps.sh installs it)"))
+    func readinessSaysWhenRedisKeepsNothing() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("htc-redis-volatile-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let redis = try await RedisServer.start(directory: directory, port: nil)
+        defer { redis.kill() }
+        let executable = try AgentPool.agentBinary().deletingLastPathComponent().appendingPathComponent("htc-server")
+        let server = try await ServerProcess.start(
+            executable: executable, arguments: ["--grid", "redis://127.0.0.1:\(redis.port)/0?prefix=volatile"])
+        defer { server.kill() }
+
+        let persisting = await server.request("GET", "/readyz")
+        #expect(persisting.status == 200)
+        #expect(!String(decoding: persisting.data, as: UTF8.self).contains("warnings"), "\(String(decoding: persisting.data, as: UTF8.self))")
+
+        #expect(try redis.cli(["config", "set", "appendonly", "no"]).contains("OK"))
+        let volatile = await server.request("GET", "/readyz")
+        let body = String(decoding: volatile.data, as: UTF8.self)
+        #expect(volatile.status == 200)
+        #expect(body.contains("keeps nothing across a restart"), "\(body)")
+    }
 }
 
 /// A redis-server child process with AOF persistence in a test directory.
@@ -95,6 +121,11 @@ struct RedisServer {
 
     func kill() {
         if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+    }
+
+    /// Runs `redis-cli` against this server; its output.
+    func cli(_ arguments: [String]) throws -> String {
+        try Self.run("/usr/bin/redis-cli", ["-p", String(port)] + arguments)
     }
 
     private static func run(_ path: String, _ arguments: [String]) throws -> String {

@@ -85,6 +85,7 @@ public struct AgentCommand: AsyncParsableCommand {
         let handler = try makeHandler(environment)
         let context = BackendContext(logger: logger)
         let backends = try await BackendRegistry.installed.makeBackends(grid.urls(environment), context: context)
+        for warning in await backends.durabilityWarnings() { logger.warning("\(warning)") }
         var configuration = settings.agent
         let recorder = try (recordRuns ?? environment.string("HTC_RECORD_RUNS")).map(RunRecorder.init(path:))
         if let recorder { configuration.onRunsCompleted = { recorder.record($0) } }

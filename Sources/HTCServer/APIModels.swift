@@ -230,4 +230,6 @@ struct DeleteBody: Encodable {
 /// `GET /healthz` and `GET /readyz`.
 struct HealthBody: Encodable {
     var status: String
+    /// `/readyz`: what the backends would lose on a restart of their servers (absent when nothing).
+    var warnings: [String]? = nil
 }

@@ -83,7 +83,10 @@ public struct GridAPI: Sendable {
         } catch {
             throw GridError.unavailable("a backend is not reachable: \(error)")
         }
-        return try Self.json(HealthBody(status: "ready"))
+        // Ready all the same: the grid works, but what it holds would not survive a restart of its
+        // backend, and the probe's reader (an operator, a dashboard) should see it.
+        let warnings = await client.backends.durabilityWarnings()
+        return try Self.json(HealthBody(status: "ready", warnings: warnings.isEmpty ? nil : warnings))
     }
 
     private func exportMetrics(_ context: ServerRequestContext) async -> Response {

@@ -370,6 +370,10 @@ components:
       required: [status]
       properties:
         status: { type: string }
+        warnings:
+          type: array
+          description: "/readyz: what a backend would lose on a restart of its server (a Redis without persistence); absent when nothing."
+          items: { type: string }
     Error:
       type: object
       additionalProperties: false

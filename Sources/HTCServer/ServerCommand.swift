@@ -98,6 +98,7 @@ public struct ServerCommand: AsyncParsableCommand {
         let logger = Logger(label: "htc.server")
         let settings = try await settings(environment)
         let backends = try await grid.makeBackends(logger: logger)
+        for warning in await backends.durabilityWarnings() { logger.warning("\(warning)") }
         if settings.htcgrid != nil, !(backends.payloads is any SharedPayloadStore) {
             throw GridError.invalidArgument(
                 "--htcgrid-compat needs the data plane in HTC-Grid's layout, shared with the connector and the agents: "

@@ -96,7 +96,9 @@ public actor RedisClient {
                 continue
             }
             // After a restart Redis answers LOADING to every command until its data is back: nothing ran.
-            let loading = replies.allSatisfy {
+            // (No command, no reply: not loading — `allSatisfy` of nothing would hold for the whole
+            // retry window.)
+            let loading = !replies.isEmpty && replies.allSatisfy {
                 if case .error(let message) = $0 { return message.hasPrefix("LOADING") }
                 return false
             }
@@ -179,4 +181,37 @@ public actor RedisClient {
         guard !connection.isActive else { return }
         for index in connections.indices where connections[index] === connection { connections[index] = nil }
     }
+}
+
+extension RedisClient {
+    /// Asks the server whether it persists anything (`appendonly`, `save`): a warning when it keeps
+    /// nothing across a restart; none when it does, or when `CONFIG` is refused (managed services rename
+    /// or forbid it, and persist on their own terms).
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/unavailable`` when Redis cannot be reached.
+    func persistenceWarnings() async throws -> [String] {
+        let replies = try await send([RedisCommand("CONFIG", "GET", "appendonly"), RedisCommand("CONFIG", "GET", "save")], idempotent: true)
+        func value(_ reply: RedisValue) -> String? {
+            guard case .array(let items) = reply, items.count >= 2 else { return nil }
+            return items[1].string
+        }
+        guard let appendOnly = value(replies[0]), let save = value(replies[1]) else { return [] }
+        guard appendOnly.lowercased() != "yes", save.trimmingCharacters(in: .whitespaces).isEmpty else { return [] }
+        return [
+            "Redis at \(configuration.host):\(configuration.port) keeps nothing across a restart (appendonly no, save \"\"): "
+                + "every session, task and result is lost when it restarts. Turn persistence on (appendonly yes; see docs/backends.md)"
+        ]
+    }
+}
+
+extension RedisStateStore: DurabilityReporting {
+    public func durabilityWarnings() async throws -> [String] { try await client.persistenceWarnings() }
+}
+
+extension RedisTaskQueue: DurabilityReporting {
+    public func durabilityWarnings() async throws -> [String] { try await client.persistenceWarnings() }
+}
+
+extension RedisPayloadStore: DurabilityReporting {
+    public func durabilityWarnings() async throws -> [String] { try await client.persistenceWarnings() }
 }

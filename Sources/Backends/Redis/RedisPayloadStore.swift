@@ -7,7 +7,7 @@ import GridKernel
 /// (`<task_id>-input`, `<task_id>-output`, `<session_id>-payload`) that HTC-Grid clients read and
 /// write, which is what the server's HTC-Grid compatibility mode needs. Values are plain bytes.
 public struct RedisPayloadStore: PayloadStore {
-    private let client: RedisClient
+    let client: RedisClient
     private let keyPrefix: String
     /// The largest value accepted (default 64 MiB, `?max_payload_bytes=`).
     public let maxPayloadBytes: Int?

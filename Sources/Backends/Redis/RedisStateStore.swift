@@ -13,7 +13,7 @@ import GridKernel
 ///
 /// Cursors: sessions page with the last session id, tasks with the last task index (``IntegerCursor``).
 public struct RedisStateStore: StateStore {
-    private let client: RedisClient
+    let client: RedisClient
     private let prefix: String
     private static let backend = "redis"
 

@@ -11,7 +11,7 @@ import GridKernel
 /// A handle is `<message id>:<token>`; the token changes on every delivery, so a handle never acts
 /// on a later delivery of the same message.
 public struct RedisTaskQueue: TaskQueue {
-    private let client: RedisClient
+    let client: RedisClient
     private let clock: any GridClock
     private let base: String
     /// How often a lease call with a positive `wait` looks again when nothing was ready (real time).
