@@ -43,13 +43,7 @@ import Testing
         try await waitUntil(timeout: .seconds(60), every: .milliseconds(50), "the later tasks end") {
             try await client.counts(later.id).terminal == ids.count
         }
-        for (index, id) in ids.enumerated() {
-            let record = try await client.task(id)
-            #expect(record.state == .finished, "task \(index + 1): \(record.state), \(record.lastError ?? "")")
-            if record.state == .finished {
-                #expect(String(decoding: try await client.output(id), as: UTF8.self) == String((index + 1) * (index + 1)))
-            }
-        }
+        try await Self.expectSquares(ids, client)
         #expect(try await client.task(slow).state == .cancelled)
         #expect(!emulator.lines.contains { $0.hasPrefix("crash") }, "the emulator crashed: \(emulator.lines)")
         #expect(emulator.isRunning, "the emulator exited: \(emulator.lines)")
@@ -80,9 +74,7 @@ import Testing
                 "--lease-duration", "4", "--heartbeat-interval", "0.5", "--retry-delay", "0.1", "--reaper-interval", "0", "--log-level", "info",
             ], output: try FileHandle(forWritingTo: agentLog))
         defer { if agent.isRunning { kill(agent.processIdentifier, SIGKILL) } }
-        func lines() -> [String] {
-            ((try? String(contentsOf: emulatorLog, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
-        }
+        func lines() -> [String] { StandIn.lines(of: emulatorLog) }
 
         let client = GridClient(backends: grid.backends)
         let doomed = try await client.createSession(SessionOptions(maxRetries: 0))
@@ -104,13 +96,7 @@ import Testing
         try await waitUntil(timeout: .seconds(60), every: .milliseconds(50), "the second quick tasks end") {
             try await client.counts(quick.id).terminal == ids.count
         }
-        for (index, id) in ids.enumerated() {
-            let record = try await client.task(id)
-            #expect(record.state == .finished, "task \(index + 1): \(record.state), \(record.lastError ?? "")")
-            if record.state == .finished {
-                #expect(String(decoding: try await client.output(id), as: UTF8.self) == String((index + 1) * (index + 1)))
-            }
-        }
+        try await Self.expectSquares(ids, client)
         let timedOut = try await client.task(hung)
         #expect(timedOut.state == .failed && timedOut.lastError?.contains("longer than") == true, "\(timedOut)")
         let crashed = try await client.task(crashing)
@@ -131,6 +117,19 @@ import Testing
         let log = (try? String(contentsOf: agentLog, encoding: .utf8)) ?? ""
         #expect(log.contains("restarting the Lambda emulator: the invocation of task \(hung) timed out"), "\(log)")
         #expect(log.contains("the Lambda emulator exited with status 3; starting it again"), "\(log)")
+    }
+}
+
+extension LambdaEmulatorTests {
+    /// Expects task `i` of `ids` (inputs `{"x": i + 1}`) finished with `(i + 1)²` as its output.
+    static func expectSquares(_ ids: [TaskID], _ client: GridClient) async throws {
+        for (index, id) in ids.enumerated() {
+            let record = try await client.task(id)
+            #expect(record.state == .finished, "task \(index + 1): \(record.state), \(record.lastError ?? "")")
+            if record.state == .finished {
+                #expect(String(decoding: try await client.output(id), as: UTF8.self) == String((index + 1) * (index + 1)))
+            }
+        }
     }
 }
 
@@ -166,7 +165,10 @@ struct StandIn {
     }
 
     /// The lines of its log: `start PID`, `invoke PID EVENT`, `end PID`, `crash PID …`.
-    var lines: [String] {
+    var lines: [String] { Self.lines(of: log) }
+
+    /// The lines of a stand-in's log.
+    static func lines(of log: URL) -> [String] {
         ((try? String(contentsOf: log, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
     }
 

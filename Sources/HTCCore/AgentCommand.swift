@@ -25,7 +25,7 @@ public struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Function name in the invocation path, for --lambda (env HTC_LAMBDA_FUNCTION or LAMBDA_FONCTION_NAME, default function).")
     var lambdaFunction: String?
 
-    @Option(help: "Seconds an invocation may take before it fails and is retried, for --lambda (env HTC_LAMBDA_TIMEOUT, default 2000).")
+    @Option(help: "Seconds an invocation may take before it fails and is retried, for --lambda; also the longest the next invocation waits for an abandoned one to return (env HTC_LAMBDA_TIMEOUT, default 2000).")
     var lambdaTimeout: Double?
 
     @Option(help: "Start the Lambda emulator as the agent's child with this shell command, listening on the --lambda URL's port ($HTC_LAMBDA_PORT); a cancelled or timed-out invocation kills and restarts it (env HTC_LAMBDA_EMULATOR).")
