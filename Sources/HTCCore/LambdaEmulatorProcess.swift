@@ -75,12 +75,6 @@ public final class LambdaEmulatorProcess: Service, Sendable {
         self.logger = logger
     }
 
-    /// Whether an emulator is running and accepting connections.
-    public var isReady: Bool { state.withLock { $0.ready } }
-
-    /// The process id of the running emulator's shell (its process group), if any.
-    var pid: pid_t? { state.withLock { $0.child?.pid } }
-
     /// Waits until an emulator accepts connections, at most ``startTimeout``.
     ///
     /// - Throws: ``GridKernel/GridError/Code/unavailable`` when none does in time or the agent is
@@ -162,7 +156,7 @@ public final class LambdaEmulatorProcess: Service, Sendable {
         var failures = 0
         while !Task.isCancelled {
             let started = ContinuousClock.now
-            let (status, becameReady) = try await runOnce()
+            let (pid, status, becameReady) = try await runOnce()
             everReady = everReady || becameReady
             if Task.isCancelled { return }
             let requested = state.withLock { state in
@@ -183,16 +177,17 @@ public final class LambdaEmulatorProcess: Service, Sendable {
             restartedAfterExit.increment()
             logger.error(
                 "the Lambda emulator \(Self.describe(status)); starting it again in \(delay)\(outputTail)",
-                metadata: ["pid": "\(state.withLock { $0.child?.pid ?? 0 })"])
-            try await Task.sleep(for: delay)
+                metadata: ["pid": "\(pid)"])
+            // A shutdown during the back-off is no failure.
+            guard (try? await Task.sleep(for: delay)) != nil else { return }
             await waitUntilPortIsFree()
         }
     }
 
     /// Starts one emulator, marks it ready once it accepts connections, and waits for it to exit; a
-    /// cancellation stops it. Returns its exit status (minus the signal that killed it) and whether it
-    /// ever accepted connections.
-    private func runOnce() async throws -> (status: Int32, ready: Bool) {
+    /// cancellation stops it. Returns its process id, its exit status (minus the signal that killed it)
+    /// and whether it ever accepted connections.
+    private func runOnce() async throws -> (pid: pid_t, status: Int32, ready: Bool) {
         let child = try ChildProcess.spawn(["/bin/sh", "-c", command], environment: ["HTC_LAMBDA_PORT": String(port)])
         close(child.stdin)
         let output = state.withLock { state in
@@ -232,7 +227,8 @@ public final class LambdaEmulatorProcess: Service, Sendable {
             state.ready = false
             if state.child === child { state.child = nil }
         }
-        return (status, ready)
+        await output.drained(within: .seconds(1))
+        return (child.pid, status, ready)
     }
 
     /// Polls the port until the emulator accepts connections (then marks it ready and returns true),
@@ -301,12 +297,18 @@ private struct OutputTail {
 
 /// Copies a child's output pipes to the agent's stderr as they are written, each on a thread of its
 /// own (the reads block), and hands every chunk to `tail`.
-private struct OutputForwarder: Sendable {
-    let tail: @Sendable (ArraySlice<UInt8>) -> Void
+private final class OutputForwarder: Sendable {
+    private let tail: @Sendable (ArraySlice<UInt8>) -> Void
+    /// The pipes still open, and who waits for them to close.
+    private let open = Mutex<(count: Int, waiter: CheckedContinuation<Void, Never>?)>((0, nil))
+
+    init(tail: @escaping @Sendable (ArraySlice<UInt8>) -> Void) {
+        self.tail = tail
+    }
 
     func forward(_ fd: Int32) {
-        let tail = tail
-        let thread = Thread {
+        open.withLock { $0.count += 1 }
+        let thread = Thread { [self] in
             var chunk = [UInt8](repeating: 0, count: 16 * 1024)
             while true {
                 let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
@@ -324,8 +326,42 @@ private struct OutputForwarder: Sendable {
                 tail(chunk[0..<count])
             }
             close(fd)
+            let waiter: CheckedContinuation<Void, Never>? = open.withLock { open in
+                open.count -= 1
+                guard open.count == 0 else { return nil }
+                defer { open.waiter = nil }
+                return open.waiter
+            }
+            waiter?.resume()
         }
         thread.stackSize = 256 * 1024
         thread.start()
+    }
+
+    /// Waits until every pipe reached its end, at most `limit`: once the child exited, its last words
+    /// belong in the error message, but a grandchild may hold the pipes open for longer.
+    func drained(within limit: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        let closed = self.open.withLock { open in
+                            if open.count == 0 || Task.isCancelled { return true }
+                            open.waiter = continuation
+                            return false
+                        }
+                        if closed { continuation.resume() }
+                    }
+                } onCancel: {
+                    self.open.withLock { open in
+                        defer { open.waiter = nil }
+                        return open.waiter
+                    }?.resume()
+                }
+            }
+            group.addTask { try? await Task.sleep(for: limit) }
+            await group.next()
+            group.cancelAll()
+        }
     }
 }
