@@ -141,7 +141,7 @@ struct RedisServer {
         return String(decoding: data, as: UTF8.self)
     }
 
-    private static func freePort() throws -> Int {
+    static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()

@@ -359,14 +359,29 @@ def main():
         expect(attempts == 6, f"the failing function ran {attempts} times; expected 1 + retry_count (5)")
         print("ok: a Lambda function error is a failed task after retry_count retries")
 
-        # 3. Cancel: two tasks running (the agent runs two at a time), one waiting.
+        def scrape(url):
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return response.read().decode()
+
+        def sample(text, name):
+            match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+            expect(match is not None, f"{name} is not in the metrics:\n{text}")
+            return float(match.group(1))
+
+        # 3. Cancel: two tasks processing (the agent leases two at a time), of which one runs in the
+        #    emulator and one waits for it (an emulator runs one invocation at a time), one pending.
         blocked = private.send([{"x": i, "block": True} for i in range(3)])
-        wait_until("two tasks run", lambda: sum(1 for event in emulator.events if event.get("block")) == 2)
+        server_metrics_url = private_url.removesuffix("/v1") + "/metrics"
+        wait_until("one task runs and two are processing",
+                   lambda: sum(1 for event in emulator.events if event.get("block")) == 1
+                   and sample(scrape(server_metrics_url), 'htc_tasks{state="processing"}') == 2)
         counts = private.cancel_sessions([blocked["session_id"]])
         expected = {blocked["session_id"]: {"cancelled_pending": 1, "cancelled_processing": 2, "total_cancelled_tasks": 3}}
         expect(counts == expected, f"cancel answered {counts}, expected {expected}")
         result = private.get_results(blocked, timeout_sec=DEADLINE)
         check_result_shape(result, [], blocked["task_ids"], [])
+        # The cancelled invocation still runs in the emulator: the task that waited for it never reached it.
+        expect(sum(1 for event in emulator.events if event.get("block")) == 1, "a second invocation reached the busy emulator")
         emulator.release.set()
         again = private.cancel_sessions([blocked["session_id"]])
         expect(again[blocked["session_id"]]["total_cancelled_tasks"] == 0, f"a second cancel answered {again}")
@@ -406,21 +421,12 @@ def main():
         expect(json.loads(base64.urlsafe_b64decode(data_plane.get(f"{session}-payload")))["session_id"] == session, "the payload changed")
 
         # 7. Metrics: the agent's run outcomes, the servers' submissions and the tasks by state.
-        def scrape(url):
-            with urllib.request.urlopen(url, timeout=30) as response:
-                return response.read().decode()
-
-        def sample(text, name):
-            match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-            expect(match is not None, f"{name} is not in the metrics:\n{text}")
-            return float(match.group(1))
-
         agent_metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         for outcome, count in [("finished", 14), ("failed", 1), ("retried", 5), ("discarded", 2)]:
             value = sample(agent_metrics, f'htc_task_outcomes_total{{outcome="{outcome}"}}')
             expect(value == count, f"the agent counted {value} {outcome} runs, expected {count}")
         expect(sample(agent_metrics, 'htc_task_retries_total{cause="failure"}') == 5, "retries after failures")
-        server_metrics = scrape(private_url.removesuffix("/v1") + "/metrics")
+        server_metrics = scrape(server_metrics_url)
         expect(sample(server_metrics, "htc_tasks_submitted_total") == 16, "the private server's submissions")
         for state, count in [("finished", 14), ("failed", 1), ("cancelled", 3), ("pending", 0), ("processing", 0)]:
             expect(sample(server_metrics, f'htc_tasks{{state="{state}"}}') == count, f"htc_tasks{{state={state}}}")

@@ -28,10 +28,13 @@ public struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Function name in the invocation path, for --lambda (env HTC_LAMBDA_FUNCTION or LAMBDA_FONCTION_NAME, default function).")
     var lambdaFunction: String?
 
-    @Option(help: "Seconds an invocation may take before it fails and is retried, for --lambda (env HTC_LAMBDA_TIMEOUT, default 2000).")
+    @Option(help: "Seconds an invocation may take before it fails and is retried, for --lambda; also the longest the next invocation waits for an abandoned one to return (env HTC_LAMBDA_TIMEOUT, default 2000).")
     var lambdaTimeout: Double?
 
-    @Option(help: "Tasks run at once (env HTC_CONCURRENCY, default 8; 1 with --lambda, as the emulator runs one invocation at a time).")
+    @Option(help: "Start the Lambda emulator as the agent's child with this shell command, listening on the --lambda URL's port ($HTC_LAMBDA_PORT); a cancelled or timed-out invocation kills and restarts it (env HTC_LAMBDA_EMULATOR).")
+    var lambdaEmulator: String?
+
+    @Option(help: "Tasks run at once (env HTC_CONCURRENCY, default 8; 1 with --lambda, as the emulator runs one invocation at a time: more tasks queue for it).")
     var concurrency: Int?
 
     @Option(help: "Agent id stored as the task owner (env HTC_AGENT_ID or MY_POD_NAME; default host-pid-random).")
@@ -82,7 +85,7 @@ public struct AgentCommand: AsyncParsableCommand {
         // Before the agent and the reaper make their counters.
         let metrics = try (metricsListen ?? environment.string("HTC_METRICS_LISTEN")).map { try MetricsEndpoint.bootstrap(listen: $0, logger: logger) }
         let settings = try agentConfiguration(environment)
-        let handler = try makeHandler(environment)
+        let (handler, emulator) = try makeHandler(environment, logger: logger)
         let context = BackendContext(logger: logger)
         let backends = try await BackendRegistry.installed.makeBackends(grid.urls(environment), context: context)
         for warning in await backends.durabilityWarnings() { logger.warning("\(warning)") }
@@ -90,9 +93,11 @@ public struct AgentCommand: AsyncParsableCommand {
         let recorder = try (recordRuns ?? environment.string("HTC_RECORD_RUNS")).map(RunRecorder.init(path:))
         if let recorder { configuration.onRunsCompleted = { recorder.record($0) } }
         let agent = try Agent(backends: backends, handler: handler, configuration: configuration, logger: logger)
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: AgentService(agent: agent), successTerminationBehavior: .gracefullyShutdownGroup)
-        ]
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        // Before the agent: a group shuts its services down in reverse order, so the emulator stops
+        // after the agent has drained. It failing to start at all stops the agent.
+        if let emulator { services.append(.init(service: emulator, failureTerminationBehavior: .gracefullyShutdownGroup)) }
+        services.append(.init(service: AgentService(agent: agent), successTerminationBehavior: .gracefullyShutdownGroup))
         let statusPath = statusFile ?? environment.string("HTC_STATUS_FILE")
         let pod = try PodDeletionCost.make(setting: podDeletionCost, environment: environment)
         if statusPath != nil || pod != nil {
@@ -118,22 +123,31 @@ public struct AgentCommand: AsyncParsableCommand {
         lambda ?? environment.string("HTC_LAMBDA") ?? environment.string("LAMBDA_ENDPOINT_URL")
     }
 
-    /// The task handler: `--lambda`, `--exec`, or the echo handler.
+    /// The task handler: `--lambda`, `--exec`, or the echo handler; and the emulator the agent runs
+    /// itself (`--lambda-emulator`), if any.
     ///
-    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for both `--lambda` and `--exec`, or a bad value.
-    func makeHandler(_ environment: Environment) throws -> any TaskHandler {
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for both `--lambda` and `--exec`,
+    ///   `--lambda-emulator` without `--lambda`, or a bad value.
+    func makeHandler(_ environment: Environment, logger: Logger) throws -> (handler: any TaskHandler, emulator: LambdaEmulatorProcess?) {
         let command = exec ?? environment.string("HTC_EXEC")
-        if let url = lambdaURL(environment) {
-            guard command == nil else { throw GridError.invalidArgument("give either --lambda or --exec, not both") }
-            let function = lambdaFunction ?? environment.string("HTC_LAMBDA_FUNCTION") ?? environment.string("LAMBDA_FONCTION_NAME") ?? "function"
-            let seconds = try lambdaTimeout ?? environment.seconds("HTC_LAMBDA_TIMEOUT") ?? 2_000
-            return try LambdaHandler(url: url, function: function, timeout: Duration(timeInterval: seconds))
-        }
-        if let command {
+        let emulatorCommand = lambdaEmulator ?? environment.string("HTC_LAMBDA_EMULATOR")
+        guard let url = lambdaURL(environment) else {
+            guard emulatorCommand == nil else {
+                throw GridError.invalidArgument("--lambda-emulator needs --lambda http://127.0.0.1:PORT, the address the emulator listens on")
+            }
+            guard let command else { return (EchoHandler(), nil) }
             let limit = try maxOutput ?? environment.int("HTC_MAX_OUTPUT") ?? ExecHandler.defaultMaxOutputBytes
-            return try ExecHandler(command: command, maxOutputBytes: limit)
+            return (try ExecHandler(command: command, maxOutputBytes: limit), nil)
         }
-        return EchoHandler()
+        guard command == nil else { throw GridError.invalidArgument("give either --lambda or --exec, not both") }
+        let function = lambdaFunction ?? environment.string("HTC_LAMBDA_FUNCTION") ?? environment.string("LAMBDA_FONCTION_NAME") ?? "function"
+        let seconds = try lambdaTimeout ?? environment.seconds("HTC_LAMBDA_TIMEOUT") ?? 2_000
+        let emulator = try emulatorCommand.map { command in
+            let (host, port) = try LambdaHandler.address(url)
+            return try LambdaEmulatorProcess(command: command, host: host, port: port, logger: logger)
+        }
+        let handler = try LambdaHandler(url: url, function: function, timeout: Duration(timeInterval: seconds), emulator: emulator)
+        return (handler, emulator)
     }
 
     func agentConfiguration(_ environment: Environment) throws -> (agent: AgentConfiguration, reaper: ReaperConfiguration?) {

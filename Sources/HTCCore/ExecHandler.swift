@@ -111,13 +111,17 @@ public struct ExecFailure: Error, CustomStringConvertible, Sendable {
 /// pid, and so the group id, cannot be reused, so a signal sent to the group never reaches a stranger.
 final class ChildProcess: Sendable {
     let pid: pid_t
-    private let stdin: Int32
-    private let stdout: Int32
-    private let stderr: Int32
+    /// The child's stdin, stdout and stderr; ``exchange(input:maxOutput:stderrTail:)`` serves and closes
+    /// them, or the owner does.
+    let stdin: Int32
+    let stdout: Int32
+    let stderr: Int32
     /// The write end of a pipe whose other end tells ``exchange(input:maxOutput:stderrTail:)`` to drain
     /// what is left and stop.
     private let stopWriter: Int32
     private let stopReader: Int32
+    /// Whether ``exchange(input:maxOutput:stderrTail:)`` took the stop pipe (else `deinit` closes it).
+    private let exchanged = Atomic<Bool>(false)
     /// The leader's exit status once it is reaped; signals to the group are sent only before, under
     /// this lock.
     private let status = Mutex<Int32?>(nil)
@@ -220,7 +224,6 @@ final class ChildProcess: Sendable {
             for fd in [input[1], output[0], errors[0], stop[0], stop[1]] { close(fd) }
             throw GridError(.unavailable, "cannot start '\(arguments.joined(separator: " "))': \(String(cString: strerror(result)))")
         }
-        for fd in [input[1], output[0], errors[0], stop[0]] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
         return ChildProcess(pid: pid, stdin: input[1], stdout: output[0], stderr: errors[0], stop: stop)
     }
 
@@ -231,7 +234,10 @@ final class ChildProcess: Sendable {
     /// - Returns: stdout (at most `maxOutput` bytes), the last `stderrTail` bytes of stderr, and whether
     ///   stdout went past `maxOutput`.
     func exchange(input: [UInt8], maxOutput: Int, stderrTail: Int) async -> (stdout: [UInt8], stderr: [UInt8], overflowed: Bool) {
-        await withCheckedContinuation { continuation in
+        exchanged.store(true, ordering: .relaxed)
+        // Non-blocking here only: an owner that reads the pipes itself (the Lambda emulator's) blocks.
+        for fd in [stdin, stdout, stderr, stopReader] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        return await withCheckedContinuation { continuation in
             Self.blocking {
                 var exchange = PipeExchange(input: input, maxOutput: maxOutput, stderrTail: stderrTail)
                 exchange.run(stdin: self.stdin, stdout: self.stdout, stderr: self.stderr, stop: self.stopReader) {
@@ -265,6 +271,16 @@ final class ChildProcess: Sendable {
             return code
         }
     }
+
+    deinit {
+        if !exchanged.load(ordering: .relaxed) {
+            close(stopReader)
+            close(stopWriter)
+        }
+    }
+
+    /// Waits until the leader has exited, kills what is left of its group and reaps it: ``waitForExit()``.
+    func wait() async -> Int32 { await waitForExit() }
 
     /// Once the group is gone: tells the pipe exchange to take what the pipes still hold and stop.
     func stopExchange() {

@@ -1,8 +1,8 @@
 import Foundation
 import GridKernel
+import Metrics
 import NIOCore
 import NIOHTTP1
-import NIOPosix
 
 /// Runs each task by invoking an AWS Lambda function through the Lambda Runtime Interface Emulator, as
 /// HTC-Grid's agent does with its co-located "lambda" container, so HTC-Grid worker images keep working.
@@ -13,7 +13,14 @@ import NIOPosix
 /// document (`{"errorMessage": …, "errorType": …}`), a body containing `BOOTSTRAP ERROR` (HTC-Grid's
 /// provided-runtime marker) or a status other than 2xx. Such failures are retried per the session's
 /// `max_retries`, like a failed `--exec` command. An invocation that takes longer than ``timeout`` fails
-/// with ``GridKernel/GridError/Code/timeout`` (retried too); a cancelled task closes the connection.
+/// with ``GridKernel/GridError/Code/timeout`` (retried too).
+///
+/// The emulator runs one invocation at a time, and `aws-lambda-rie` crashes when a second one arrives,
+/// so invocations queue for it, whatever the agent's concurrency. A cancelled or timed-out task ends at
+/// once, but its invocation still runs inside the emulator: without ``emulator`` the next invocation
+/// waits until the abandoned one returns (its connection stays open and is read in the background, at
+/// most ``timeout`` more); with ``emulator`` (the agent's own child) the emulator is killed and started
+/// again instead.
 ///
 /// The HTTP client is a small HTTP/1.1 client on SwiftNIO (NIOHTTP1), one connection per invocation.
 public struct LambdaHandler: TaskHandler {
@@ -25,32 +32,104 @@ public struct LambdaHandler: TaskHandler {
     public let path: String
     /// The longest an invocation may take. Default 2,000 s (HTC-Grid's botocore read timeout).
     public let timeout: Duration
+    /// The emulator, when the agent runs it as its child (`--lambda-emulator`); `nil` when it runs apart.
+    public let emulator: LambdaEmulatorProcess?
+    /// One invocation at a time reaches the emulator.
+    let gate = LambdaInvocationGate()
+    private let abandonedAndWaited = Counter(label: LambdaMetricName.abandonedInvocations, dimensions: [("action", "waited")])
+    private let abandonedAndRestarted = Counter(label: LambdaMetricName.abandonedInvocations, dimensions: [("action", "restarted")])
 
     /// Creates a handler for an emulator URL such as `http://localhost:8080`.
     ///
+    /// - Parameter emulator: the emulator the agent runs as its child, listening on the URL's port; it
+    ///   is restarted when an invocation is abandoned.
     /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a URL that is not `http://HOST[:PORT][/PATH]`
     ///   or an empty function name.
-    public init(url: String, function: String = "function", timeout: Duration = .seconds(2_000)) throws {
-        guard let components = URLComponents(string: url), components.scheme?.lowercased() == "http",
-            let host = components.host, !host.isEmpty, components.query == nil
-        else {
-            throw GridError.invalidArgument("--lambda \(url) is not an http://HOST:PORT URL of a Lambda Runtime Interface Emulator")
-        }
+    public init(url: String, function: String = "function", timeout: Duration = .seconds(2_000), emulator: LambdaEmulatorProcess? = nil) throws {
+        let (host, port) = try Self.address(url)
         guard !function.isEmpty, !function.contains("/") else {
             throw GridError.invalidArgument("--lambda-function '\(function)' is not a function name")
         }
         guard timeout > .zero else { throw GridError.invalidArgument("--lambda-timeout must be positive") }
         self.host = host
-        self.port = components.port ?? 80
-        let base = components.path.hasSuffix("/") ? String(components.path.dropLast()) : components.path
+        self.port = port
+        let path = URLComponents(string: url)?.path ?? ""
+        let base = path.hasSuffix("/") ? String(path.dropLast()) : path
         self.path = "\(base)/2015-03-31/functions/\(function)/invocations"
         self.timeout = timeout
+        self.emulator = emulator
+    }
+
+    /// The host and port of an emulator URL.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a URL that is not `http://HOST[:PORT][/PATH]`.
+    public static func address(_ url: String) throws -> (host: String, port: Int) {
+        guard let components = URLComponents(string: url), components.scheme?.lowercased() == "http",
+            let host = components.host, !host.isEmpty, components.query == nil
+        else {
+            throw GridError.invalidArgument("--lambda \(url) is not an http://HOST:PORT URL of a Lambda Runtime Interface Emulator")
+        }
+        return (host, components.port ?? 80)
     }
 
     public func run(input: [UInt8], context: TaskContext) async throws -> [UInt8] {
-        let reply = try await HTTP1Client.post(host: host, port: port, path: path, body: input, timeout: timeout)
+        try await gate.acquire(context.id, logger: context.logger)
+        let exchange: HTTP1Client.Exchange
+        do {
+            try await emulator?.waitUntilReady()
+            exchange = try await HTTP1Client.send(host: host, port: port, path: path, body: input)
+        } catch {
+            gate.release()
+            throw error
+        }
+        let reply: HTTP1Client.Reply
+        do {
+            reply = try await exchange.response(timeout: timeout)
+        } catch let error as GridError where error.code == .timeout {
+            abandon(exchange, context, reason: "timed out (--lambda-timeout \(timeout))")
+            throw error
+        } catch is CancellationError {
+            abandon(exchange, context, reason: "was abandoned (the task was cancelled, lost or reached its time limit)")
+            throw CancellationError()
+        } catch {
+            gate.release()
+            throw error
+        }
+        gate.release()
         if let failure = LambdaFunctionError(reply) { throw failure }
         return reply.body
+    }
+
+    /// Lets the task go while its invocation still runs in the emulator: restarts the agent's own
+    /// emulator, or else keeps the gate until the invocation returns (at most ``timeout`` more).
+    private func abandon(_ exchange: HTTP1Client.Exchange, _ context: TaskContext, reason: String) {
+        if let emulator {
+            abandonedAndRestarted.increment()
+            exchange.close()
+            // Before the gate opens, so that the next invocation waits for the new emulator.
+            emulator.restart(because: "the invocation of task \(context.id) \(reason)")
+            gate.release()
+            return
+        }
+        abandonedAndWaited.increment()
+        gate.abandon(context.id, reason: reason, limit: timeout, logger: context.logger)
+        let gate = gate
+        let logger = context.logger
+        let task = context.id
+        let start = ContinuousClock.now
+        let limit = timeout
+        exchange.reply.whenComplete { result in
+            let waited = ContinuousClock.now - start
+            switch result {
+            case .success:
+                logger.info("the abandoned invocation of task \(task) returned after \(waited); the emulator is free")
+            case .failure(let error):
+                logger.warning(
+                    "gave up on the abandoned invocation of task \(task) after \(waited) (at most \(limit), --lambda-timeout): \(error); the emulator may still be busy")
+            }
+            gate.release()
+        }
+        exchange.close(after: timeout)
     }
 }
 
@@ -90,136 +169,5 @@ public struct LambdaFunctionError: Error, CustomStringConvertible, Sendable {
         else { return nil }
         let allowed: Set<String> = ["errorMessage", "errorType", "stackTrace", "requestId", "cause"]
         return Set(object.keys).isSubset(of: allowed) ? object : nil
-    }
-}
-
-/// A minimal HTTP/1.1 client on SwiftNIO: one `POST` per connection (`Connection: close`).
-enum HTTP1Client {
-    /// A response.
-    struct Reply: Sendable {
-        var status: Int
-        var headers: HTTPHeaders
-        var body: [UInt8]
-    }
-
-    /// Sends a `POST` and collects the response.
-    ///
-    /// - Throws: ``GridKernel/GridError/Code/timeout`` after `timeout`; ``GridKernel/GridError/Code/unavailable``
-    ///   when the server cannot be reached or closes the connection early; `CancellationError`.
-    static func post(host: String, port: Int, path: String, body: [UInt8], timeout: Duration) async throws -> Reply {
-        let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Reply.self)
-        let request = Collector.Request(host: host, port: port, path: path, body: body)
-        let channel: any Channel
-        do {
-            channel = try await ClientBootstrap(group: promise.futureResult.eventLoop)
-                .connectTimeout(.seconds(10))
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        try channel.pipeline.syncOperations.addHandler(Collector(request: request, promise: promise))
-                    }
-                }
-                .connect(host: host, port: port)
-                .get()
-        } catch {
-            promise.fail(error)
-            throw GridError.unavailable("cannot reach the Lambda runtime at http://\(host):\(port): \(error)")
-        }
-        return try await withTaskCancellationHandler {
-            try await withThrowingTaskGroup(of: Reply?.self) { group in
-                group.addTask { try await promise.futureResult.get() }
-                group.addTask {
-                    try await Task.sleep(for: timeout)
-                    return nil
-                }
-                defer { group.cancelAll() }
-                do {
-                    guard let reply = try await group.next() ?? nil else {
-                        channel.close(promise: nil)
-                        throw GridError(.timeout, "the Lambda invocation took longer than \(timeout) (--lambda-timeout)")
-                    }
-                    return reply
-                } catch let error as GridError {
-                    throw error
-                } catch is CancellationError {
-                    throw CancellationError()
-                } catch {
-                    throw GridError.unavailable("the Lambda runtime at http://\(host):\(port) failed: \(error)")
-                }
-            }
-        } onCancel: {
-            channel.close(promise: nil)
-        }
-    }
-
-    /// Writes the request once connected and collects the response; completes the promise exactly once.
-    private final class Collector: ChannelInboundHandler {
-        typealias InboundIn = HTTPClientResponsePart
-        typealias OutboundOut = HTTPClientRequestPart
-
-        struct Request: Sendable {
-            var host: String
-            var port: Int
-            var path: String
-            var body: [UInt8]
-        }
-
-        struct ClosedEarly: Error, CustomStringConvertible {
-            var description: String { "the connection closed before the response was complete" }
-        }
-
-        private let request: Request
-        private let promise: EventLoopPromise<Reply>
-        private var head: HTTPResponseHead?
-        private var body: [UInt8] = []
-        private var completed = false
-
-        init(request: Request, promise: EventLoopPromise<Reply>) {
-            self.request = request
-            self.promise = promise
-        }
-
-        func channelActive(context: ChannelHandlerContext) {
-            var headers = HTTPHeaders()
-            headers.add(name: "Host", value: "\(request.host):\(request.port)")
-            headers.add(name: "Content-Type", value: "application/json")
-            headers.add(name: "Content-Length", value: String(request.body.count))
-            headers.add(name: "Connection", value: "close")
-            let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: request.path, headers: headers)
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: request.body)))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            context.fireChannelActive()
-        }
-
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            switch unwrapInboundIn(data) {
-            case .head(let head):
-                self.head = head
-            case .body(var buffer):
-                body += buffer.readBytes(length: buffer.readableBytes) ?? []
-            case .end:
-                if let head {
-                    complete(.success(Reply(status: Int(head.status.code), headers: head.headers, body: body)))
-                }
-                context.close(promise: nil)
-            }
-        }
-
-        func channelInactive(context: ChannelHandlerContext) {
-            complete(.failure(ClosedEarly()))
-            context.fireChannelInactive()
-        }
-
-        func errorCaught(context: ChannelHandlerContext, error: any Error) {
-            complete(.failure(error))
-            context.close(promise: nil)
-        }
-
-        private func complete(_ result: Result<Reply, any Error>) {
-            guard !completed else { return }
-            completed = true
-            promise.completeWith(result)
-        }
     }
 }

@@ -11,22 +11,41 @@ import Testing
 
 /// `htc-agent --lambda`: a small server in the test speaks the Lambda Runtime Interface Emulator's
 /// invoke protocol on 127.0.0.1 and behaves as the event asks.
-/// The invocations the test emulator received, in order.
+/// The invocations the test emulator received, in order, and how many ran at once.
 final class Invocations: Sendable {
-    private let list = Mutex<[String]>([])
-    func append(_ text: String) { list.withLock { $0.append(text) } }
-    var all: [String] { list.withLock { $0 } }
+    private struct State {
+        var list: [String] = []
+        var running = 0
+        var mostAtOnce = 0
+    }
+
+    private let state = Mutex(State())
+    func append(_ text: String) { state.withLock { $0.list.append(text) } }
+    var all: [String] { state.withLock { $0.list } }
+    var running: Int { state.withLock { $0.running } }
+    var mostAtOnce: Int { state.withLock { $0.mostAtOnce } }
+
+    func begin() {
+        state.withLock { state in
+            state.running += 1
+            state.mostAtOnce = max(state.mostAtOnce, state.running)
+        }
+    }
+
+    func end() { state.withLock { $0.running -= 1 } }
 }
 
 @Suite struct LambdaHandlerTests {
     struct Event: Decodable {
         var mode: String
         var x: Int?
+        var milliseconds: Int?
     }
 
     /// The emulator: `ok` answers `x * x`, `raise` a function error with `X-Amz-Function-Error` (as the
     /// emulator reports an exception), `error-body` an error document without the header, `bootstrap`
-    /// the provided runtime's marker, `crash` HTTP 502, `hang` answers after 3 s.
+    /// the provided runtime's marker, `crash` HTTP 502, `hang` answers after 3 s, `slow` answers after
+    /// `milliseconds`, even when the client has left (as the real emulator finishes the function).
     static func emulator(invocations: Invocations) -> some ApplicationProtocol {
         let router = Router()
         router.post("/2015-03-31/functions/{function}/invocations") { request, context -> Response in
@@ -34,6 +53,8 @@ final class Invocations: Sendable {
             let body = try await request.body.collect(upTo: 1 << 20)
             let event = try JSONDecoder().decode(Event.self, from: Data(body.readableBytesView))
             invocations.append("\(function):\(event.mode)")
+            invocations.begin()
+            defer { invocations.end() }
             switch event.mode {
             case "ok":
                 return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: String((event.x ?? 0) * (event.x ?? 0)))))
@@ -48,6 +69,12 @@ final class Invocations: Sendable {
                 return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "BOOTSTRAP ERROR: mock_compute_engine not found")))
             case "crash":
                 return Response(status: .badGateway, body: .init(byteBuffer: ByteBuffer(string: "runtime exited")))
+            case "slow":
+                // Not Task.sleep: the function runs to its end whether or not the server cancels the handler.
+                await withCheckedContinuation { continuation in
+                    DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(event.milliseconds ?? 0)) { continuation.resume() }
+                }
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "slept")))
             default:
                 // Longer than the impatient handler's 300 ms time limit, short enough not to hold up the server's shutdown (the agent test's limit is one second).
                 try await Task.sleep(for: .seconds(3))
@@ -95,6 +122,41 @@ final class Invocations: Sendable {
         let closed = try await Self.emulator(invocations: invocations).test(.live) { client in try #require(client.port) }
         await #expect(throws: GridError.self) {
             _ = try await LambdaHandler(url: "http://127.0.0.1:\(closed)").run(input: Array("{}".utf8), context: context())
+        }
+    }
+
+    /// The emulator runs one invocation at a time (the real one crashes on a second): invocations queue
+    /// whatever the concurrency, and a cancelled one keeps the emulator until its function has returned,
+    /// although its task ends at once.
+    @Test func oneInvocationAtATimeEvenAfterACancel() async throws {
+        let invocations = Invocations()
+        try await Self.emulator(invocations: invocations).test(.live) { client in
+            let port = try #require(client.port)
+            let handler = try LambdaHandler(url: "http://127.0.0.1:\(port)", timeout: .seconds(30))
+            try await withThrowingTaskGroup(of: [UInt8].self) { group in
+                for _ in 0..<3 {
+                    group.addTask { try await handler.run(input: Array(#"{"mode": "slow", "milliseconds": 200}"#.utf8), context: context()) }
+                }
+                for try await output in group { #expect(String(decoding: output, as: UTF8.self) == "slept") }
+            }
+            #expect(invocations.mostAtOnce == 1)
+
+            let cancelled = Task { try await handler.run(input: Array(#"{"mode": "slow", "milliseconds": 1500}"#.utf8), context: context()) }
+            let deadline = ContinuousClock.now + .seconds(20)
+            while invocations.running == 0 {
+                guard ContinuousClock.now < deadline else { throw GridError(.timeout, "the slow invocation never arrived") }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            let start = ContinuousClock.now
+            cancelled.cancel()
+            await #expect(throws: CancellationError.self) { _ = try await cancelled.value }
+            #expect(ContinuousClock.now - start < .seconds(1), "the cancelled task ends at once")
+            #expect(handler.gate.holder.map { if case .abandoned = $0 { true } else { false } } == true)
+            let output = try await handler.run(input: Array(#"{"mode": "ok", "x": 5}"#.utf8), context: context())
+            #expect(String(decoding: output, as: UTF8.self) == "25")
+            #expect(invocations.mostAtOnce == 1, "an invocation reached the emulator while the cancelled one still ran")
+            #expect(ContinuousClock.now - start >= .milliseconds(1000), "the next invocation waited for the abandoned one")
+            #expect(handler.gate.holder == nil)
         }
     }
 
