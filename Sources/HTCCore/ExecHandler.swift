@@ -279,9 +279,6 @@ final class ChildProcess: Sendable {
         }
     }
 
-    /// Waits until the leader has exited, kills what is left of its group and reaps it: ``waitForExit()``.
-    func wait() async -> Int32 { await waitForExit() }
-
     /// Once the group is gone: tells the pipe exchange to take what the pipes still hold and stop.
     func stopExchange() {
         var byte: UInt8 = 1

@@ -208,7 +208,7 @@ public final class LambdaEmulatorProcess: Service, Sendable {
         var ready = false
         let status = await withTaskCancellationHandler {
             await withTaskGroup(of: Event.self) { group in
-                group.addTask { .exited(await child.wait()) }
+                group.addTask { .exited(await child.waitForExit()) }
                 group.addTask { .ready(await self.waitForConnections(child)) }
                 var status: Int32?
                 while let event = await group.next() {

@@ -48,7 +48,7 @@ func redisGrid(_ c: GridConformance.Case) async throws {
 }
 
 /// Where the test server is, from the environment.
-private enum redisTests {
+enum redisTests {
     static var url: String? { ProcessInfo.processInfo.environment["HTC_TEST_REDIS"].flatMap { $0.isEmpty ? nil : $0 } }
 
     /// Run the suites when a server is given, and under `make test` (where a missing server fails).

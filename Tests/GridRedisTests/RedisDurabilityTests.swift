@@ -7,10 +7,9 @@ import Testing
 /// A Redis server that persists nothing is reported (agents and the server log it at start, `/readyz`
 /// shows it); one with an append-only file or snapshots is not. The test server of `make test` runs
 /// without persistence; the test turns snapshots on for a moment and back off.
-@Test(.enabled(if: ProcessInfo.processInfo.environment["HTC_TEST_REDIS"] != nil, "HTC_TEST_REDIS is unset"))
+@Test(.enabled(if: redisTests.enabled, "HTC_TEST_REDIS is unset"))
 func aRedisServerWithoutPersistenceIsReported() async throws {
-    let url = try #require(ProcessInfo.processInfo.environment["HTC_TEST_REDIS"])
-    let client = RedisClient(try RedisConfiguration(BackendURL(url)))
+    let client = try redisTests.client("durability-" + UUID().uuidString.prefix(8).lowercased())
     let backends = GridBackends(
         queue: RedisTaskQueue(client: client, clock: SystemClock()), state: RedisStateStore(client: client),
         payloads: RedisPayloadStore(client: client))
@@ -31,12 +30,9 @@ func aRedisServerWithoutPersistenceIsReported() async throws {
 /// Listing the sessions of an empty grid takes one round trip. (A page of no sessions used to send an
 /// empty pipeline, whose empty reply list passed for "Redis is loading" and was retried for the whole
 /// retry window: 30 s per `GET /v1/sessions` on a fresh grid.)
-@Test(.enabled(if: ProcessInfo.processInfo.environment["HTC_TEST_REDIS"] != nil, "HTC_TEST_REDIS is unset"))
+@Test(.enabled(if: redisTests.enabled, "HTC_TEST_REDIS is unset"))
 func anEmptyPipelineIsNotRetried() async throws {
-    let url = try #require(ProcessInfo.processInfo.environment["HTC_TEST_REDIS"])
-    var configuration = try RedisConfiguration(BackendURL(url))
-    configuration.prefix = "empty-" + UUID().uuidString.prefix(8).lowercased()
-    let client = RedisClient(configuration)
+    let client = try redisTests.client("empty-" + UUID().uuidString.prefix(8).lowercased())
     let state = RedisStateStore(client: client)
     let before = await client.roundTrips
     let page = try await state.sessions(after: nil, limit: 10)

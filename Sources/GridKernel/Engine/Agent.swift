@@ -436,14 +436,13 @@ public final class Agent: Sendable {
             failures.append(TaskFailure(id: id, attempt: completion.attempt, message: "\(what): \(error)", retryable: !permanent))
         }
         if !external.isEmpty {
-            let refused = try await isolating(Array(external.values)) { items -> [Void] in
-                try await self.backends.payloads.put(items)
+            let refused = try await isolating(Array(external)) { outputs -> [Void] in
+                try await self.backends.payloads.put(outputs.map(\.value))
                 return []
             }.refused
-            for (item, error) in refused {
-                guard let id = external.first(where: { $0.value.key == item.key })?.key else { continue }
-                external[id] = nil
-                unstorable(id, "the task's output could not be stored", error)
+            for (output, error) in refused {
+                external[output.key] = nil
+                unstorable(output.key, "the task's output could not be stored", error)
             }
         }
         if !completions.isEmpty {
