@@ -180,10 +180,31 @@ public protocol StateStore: Sendable {
     /// - Throws: ``GridError/Code/unavailable``.
     func tasks(_ ids: [TaskID]) async throws -> [TaskRecord]
 
-    /// Counts a session's tasks by state.
+    /// Counts a session's tasks by state, from counters the store keeps with the transitions: the cost
+    /// does not grow with the number of tasks (no scan), and the counts are exact after every
+    /// transition, whatever crashed or was retried.
     ///
     /// - Throws: ``GridError/Code/unavailable``.
     func counts(_ session: SessionID) async throws -> StateCounts
+
+    /// Reads a session's terminal tasks in completion order: those whose
+    /// ``TaskRecord/completionSequence`` is `sequence + 1`, `sequence + 2`, … in that order, at most
+    /// `limit` of them. The answer is a contiguous run of numbers: a store whose indexes may lag its
+    /// writes stops before the first number it cannot read yet, so a reader that passes the last number
+    /// it got never misses nor repeats a task. An unknown (or deleted) session has none.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a negative `sequence` or a `limit` below 1;
+    ///   ``GridError/Code/unavailable``.
+    func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord]
+
+    /// Waits until the session has a terminal task numbered above `sequence` (its count of terminal
+    /// tasks passed `sequence`), or `timeout` has passed. Stores that can be told of completions (a
+    /// Redis channel, PostgreSQL's NOTIFY, a wake-up socket) implement it so that a waiter wakes within
+    /// a millisecond; the default looks at ``counts(_:)`` every few milliseconds.
+    ///
+    /// - Returns: `true` when such a task exists; `false` when the timeout passed first.
+    /// - Throws: `CancellationError` when the waiting task is cancelled; ``GridError/Code/unavailable``.
+    func waitForCompletions(_ session: SessionID, after sequence: Int, timeout: Duration) async throws -> Bool
 
     /// Pages through a session's tasks in one state, in index order. Cursors are ``IntegerCursor``s of
     /// the last index returned: clients end a page early and resume after any task of it.
@@ -196,6 +217,49 @@ public protocol StateStore: Sendable {
     ///
     /// - Throws: ``GridError/Code/unavailable``.
     func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord]
+}
+
+extension StateStore {
+    /// Looks at the session's count of terminal tasks after 1 ms, then at growing intervals up to
+    /// 50 ms, until it passes `sequence` or `timeout` (real, monotonic time) has passed.
+    public func waitForCompletions(_ session: SessionID, after sequence: Int, timeout: Duration) async throws -> Bool {
+        try await CompletionPolling.wait(timeout: timeout) { try await counts(session).terminal > sequence }
+    }
+}
+
+/// The polling loop behind the default ``StateStore/waitForCompletions(_:after:timeout:)``, for
+/// stores that fall back to it (e.g. when their notification channel is down).
+public enum CompletionPolling {
+    /// The first and the longest pause between two looks.
+    public static let interval: ClosedRange<Duration> = .milliseconds(1) ... .milliseconds(50)
+
+    /// Calls `done` at once and then after growing pauses, until it returns `true` (then `true`) or
+    /// `timeout` has passed (then `false`).
+    ///
+    /// - Throws: what `done` throws; `CancellationError` when cancelled.
+    public static func wait(timeout: Duration, until done: () async throws -> Bool) async throws -> Bool {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        var pause = interval.lowerBound
+        while true {
+            if try await done() { return true }
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { return false }
+            try await Task.sleep(for: min(pause, remaining))
+            pause = min(pause * 2, interval.upperBound)
+        }
+    }
+
+    /// Checks the arguments of ``StateStore/completions(_:after:limit:)``.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a negative `sequence` or a `limit` below 1.
+    public static func check(after sequence: Int, limit: Int, backend: String? = nil) throws {
+        guard sequence >= 0 else {
+            throw GridError.invalidArgument("completion cursor is \(sequence); it must not be negative", backend: backend)
+        }
+        guard limit >= 1 else {
+            throw GridError.invalidArgument("limit is \(limit); it must be at least 1", backend: backend)
+        }
+    }
 }
 
 /// The cursor of session listings, shared by every backend: the id of the last session of the

@@ -61,6 +61,12 @@ public struct TaskRecord: Sendable, Hashable, Codable {
     /// The token of the claim call that started the current attempt: the same call sent again after a
     /// lost reply wins the same attempt instead of losing the task (see ``TaskRecord/claimed(by:token:leaseExpiry:now:)``).
     public var claimToken: ClaimToken?
+    /// The task's place in its session's completion order: 1 for the first task of the session that
+    /// became terminal, 2 for the next, and so on with no gap and no repeat; `nil` while the task is not
+    /// terminal. The state store assigns it in the same atomic step as the transition into a terminal
+    /// state (see "Completion order" in TaskRules.swift), and ``StateStore/completions(_:after:limit:)``
+    /// reads a session's tasks in this order.
+    public var completionSequence: Int?
 
     /// Creates a pending task record.
     public init(
@@ -78,7 +84,8 @@ public struct TaskRecord: Sendable, Hashable, Codable {
         lastError: String? = nil,
         output: [UInt8]? = nil,
         attempt: Int = 0,
-        claimToken: ClaimToken? = nil
+        claimToken: ClaimToken? = nil,
+        completionSequence: Int? = nil
     ) {
         self.id = id
         self.state = state
@@ -95,6 +102,7 @@ public struct TaskRecord: Sendable, Hashable, Codable {
         self.output = output
         self.attempt = attempt
         self.claimToken = claimToken
+        self.completionSequence = completionSequence
     }
 }
 

@@ -86,7 +86,21 @@ public struct TaskAttempt: Hashable, Sendable {
 /// - **Expiry**: a `processing` task whose lease expiry is before `now` is retried with the error
 ///   "lease expired".
 /// - **Force-fail** (a dead-lettered message) and **cancel** apply to any task that is not terminal.
+/// - **Completion order**: every transition into a terminal state (finish, a failure or expiry with no
+///   retry left, force-fail, cancel) gives the task the next number of its session's completion
+///   sequence (``TaskRecord/completionSequence``: 1, 2, 3, … with no gap), in the same atomic step as the
+///   transition, so that a reader following the sequence never misses nor repeats a task. The functions
+///   below leave the number alone; the store assigns it (``enteredTerminalState(from:)``).
+/// - **Counts**: a store keeps each session's number of tasks per state with the transitions, so that
+///   ``StateStore/counts(_:)`` costs the same for ten tasks and ten million; the last completion
+///   number of a session is its count of terminal tasks.
 extension TaskRecord {
+    /// Whether this record, the result of a transition from `old`, entered a terminal state: the store
+    /// gives it the next completion number of its session.
+    public func enteredTerminalState(from old: TaskRecord?) -> Bool {
+        state.isTerminal && !(old?.state.isTerminal ?? false)
+    }
+
     /// The error text of a task whose lease expired.
     public static let leaseExpiredMessage = "lease expired"
 

@@ -122,4 +122,10 @@ public struct InterceptingStateStore: StateStore {
     public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
         try await call("expiredLeases") { try await base.expiredLeases(now: now, limit: limit) }
     }
+    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
+        try await call("completions") { try await base.completions(session, after: sequence, limit: limit) }
+    }
+    public func waitForCompletions(_ session: SessionID, after sequence: Int, timeout: Duration) async throws -> Bool {
+        try await call("waitForCompletions") { try await base.waitForCompletions(session, after: sequence, timeout: timeout) }
+    }
 }

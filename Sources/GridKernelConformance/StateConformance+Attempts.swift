@@ -127,9 +127,10 @@ extension StateConformance.Cases {
 
     /// 300 random transitions over six tasks, two agents and two claim tokens, with stale and current
     /// attempts; after each, the store's answer and every record must be what the kernel's rules
-    /// (TaskRules.swift) give.
+    /// (TaskRules.swift) give, the counts must match the records, and the terminal tasks must be
+    /// numbered 1…n in completion order.
     func transitionsFollowTheKernelRules() async throws {
-        let (_, ids) = try await makeSession(tasks: 6, maxRetries: 2)
+        let (session, ids) = try await makeSession(tasks: 6, maxRetries: 2)
         var model = Dictionary(uniqueKeysWithValues: try await store.tasks(ids).map { ($0.id, $0) })
         try expectEqual(model.count, ids.count, "tasks created for the model")
         var random = SplitMix64(seed: 0x5EED_1DEA)
@@ -212,9 +213,20 @@ extension StateConformance.Cases {
             default:
                 continue
             }
-            for record in try await store.tasks(ids) {
+            let records = try await store.tasks(ids)
+            for record in records {
                 try expectSameRecord(record, model[record.id]!, "step \(step): task \(record.id.index) after the \(what)")
             }
+            // The counters kept with the transitions, and the completion numbers of the terminal tasks.
+            var expectedCounts = StateCounts()
+            for record in model.values { expectedCounts[record.state] += 1 }
+            let counts = try await store.counts(session)
+            for state in TaskState.allCases {
+                try expectEqual(counts[state], expectedCounts[state], "step \(step): \(state) tasks counted after the \(what)")
+            }
+            let numbers = records.filter(\.state.isTerminal).compactMap(\.completionSequence).sorted()
+            try expectEqual(numbers, Array(0..<expectedCounts.terminal).map { $0 + 1 }, "step \(step): completion numbers after the \(what)")
+            try expect(records.allSatisfy { $0.state.isTerminal || $0.completionSequence == nil }, "step \(step): live tasks have no completion number")
         }
         let states = Set(model.values.map(\.state))
         try expect(states.count >= 2, "the random walk reached several states: \(states)")

@@ -50,7 +50,8 @@ public struct StateConformance: Sendable {
         case tasksReadInABatch
         /// 300 random transitions (claims with repeated tokens, heartbeats, finishes, failures and
         /// releases of current and stale attempts, expiries, force-fails, cancels): every answer and
-        /// every record, field by field, is what the kernel's rules in TaskRules.swift give.
+        /// every record, field by field, is what the kernel's rules in TaskRules.swift give; after
+        /// every step the counts are exact and the terminal tasks are numbered 1…n.
         case transitionsFollowTheKernelRules
         /// Only the owner finishes a task; the inline output is kept (empty and `nil` apart) only when
         /// the finish succeeds; `completedAt` is set and the owner cleared.
@@ -80,6 +81,19 @@ public struct StateConformance: Sendable {
         case pagingHundredThousandTasksByState
         /// A malformed cursor throws ``GridKernel/GridError/Code/invalidArgument``; a returned one works.
         case malformedCursorRejected
+        /// Tasks that become terminal out of index order, by finish, failure, expiry, force-fail and
+        /// cancel, are read back in the order of the transitions, numbered 1, 2, 3, … once each, page by
+        /// page; retries and stale or repeated finishes add nothing; each session numbers from 1; a
+        /// deleted session has none.
+        case completionOrderFollowsTheTransitions
+        /// Eight writers finish and fail 480 tasks while a reader follows the completion order (waiting
+        /// with ``GridKernel/StateStore/waitForCompletions(_:after:timeout:)`` when it is ahead): every
+        /// task is read once, numbered without a gap, and the counts agree.
+        case completionOrderUnderConcurrentWriters
+        /// ``GridKernel/StateStore/waitForCompletions(_:after:timeout:)`` returns `true` when another
+        /// call finishes or cancels a task, at once when the session is past the number, and `false`
+        /// at its timeout.
+        case waitForCompletionsWakesAWaiter
     }
 
     private let time: ConformanceTime
@@ -131,6 +145,9 @@ public struct StateConformance: Sendable {
                 case .countsByState: try await cases.countsByState()
                 case .pagingHundredThousandTasksByState: try await cases.pagingHundredThousandTasksByState()
                 case .malformedCursorRejected: try await cases.malformedCursorRejected()
+                case .completionOrderFollowsTheTransitions: try await cases.completionOrderFollowsTheTransitions()
+                case .completionOrderUnderConcurrentWriters: try await cases.completionOrderUnderConcurrentWriters()
+                case .waitForCompletionsWakesAWaiter: try await cases.waitForCompletionsWakesAWaiter()
                 }
             }
         }

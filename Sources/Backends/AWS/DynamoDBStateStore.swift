@@ -381,6 +381,11 @@ public struct DynamoDBStateStore: StateStore {
     /// tasks they name (consistently); returns those still processing with an expired lease, and
     /// deletes the buckets that name none (their tasks finished, were renewed under a newer bucket, or
     /// never were claimed).
+    // ISSUE14-STUB: replaced by the backend's own completion order on its branch; never merged to main.
+    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
+        throw GridError(.internalError, "completion order not implemented yet")
+    }
+
     public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
         guard limit > 0 else { return [] }
         let bound = D.bucketSortKey(expiry: now, suffix: "")

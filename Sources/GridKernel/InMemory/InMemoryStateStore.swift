@@ -46,6 +46,10 @@ public actor InMemoryStateStore: StateStore {
     private var sessionOrder = SortedList<SessionID>()
     private var records: [TaskID: TaskRecord] = [:]
     private var indexes: [SessionID: StateIndex] = [:]
+    /// Each session's terminal tasks in completion order: the task numbered `n` is at `n - 1`.
+    private var completionOrder: [SessionID: [Int]] = [:]
+    /// Rung whenever a task becomes terminal, for ``waitForCompletions(_:after:timeout:)``.
+    private nonisolated let completed = ArrivalSignal()
     private var expiries = SortedList<ExpiryKey>()
     private var submissions: [SubmissionSlot: SubmissionRecord] = [:]
 
@@ -149,6 +153,7 @@ public actor InMemoryStateStore: StateStore {
         sessionRecords[id] = nil
         sessionOrder.remove(id)
         submissions = submissions.filter { $0.key.session != id }
+        completionOrder[id] = nil
         guard let index = indexes.removeValue(forKey: id) else { return 0 }
         var removed = 0
         for state in TaskState.allCases {
@@ -241,7 +246,33 @@ public actor InMemoryStateStore: StateStore {
         return ids.compactMap { seen.insert($0).inserted ? records[$0] : nil }
     }
 
-    /// Counts a session's tasks by state; an unknown session has no tasks. Never throws.
+    /// Reads a session's terminal tasks in completion order, after the number `sequence`.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a negative `sequence` or a `limit` below 1.
+    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
+        try CompletionPolling.check(after: sequence, limit: limit, backend: Self.backend)
+        guard let order = completionOrder[session], sequence < order.count else { return [] }
+        return order[sequence..<min(order.count, sequence + limit)].compactMap { records[TaskID(session: session, index: $0)] }
+    }
+
+    /// Waits until the session has a terminal task numbered above `sequence`; woken by the transitions
+    /// of this store, without polling.
+    ///
+    /// - Throws: `CancellationError` when cancelled.
+    public func waitForCompletions(_ session: SessionID, after sequence: Int, timeout: Duration) async throws -> Bool {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while true {
+            let generation = completed.generation
+            if (completionOrder[session]?.count ?? 0) > sequence { return true }
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { return false }
+            await completed.wait(after: generation, timeout: remaining)
+            try Task.checkCancellation()
+        }
+    }
+
+    /// Counts a session's tasks by state (the sizes of its state lists); an unknown session has no
+    /// tasks. Never throws.
     public func counts(_ session: SessionID) async throws -> StateCounts {
         var counts = StateCounts()
         guard let index = indexes[session] else { return counts }
@@ -305,15 +336,22 @@ public actor InMemoryStateStore: StateStore {
         var changed: [(old: TaskRecord, new: TaskRecord)] = []
         for id in ids where seen.insert(id).inserted {
             guard let old = records[id], let new = rule(old) else { continue }
-            if new != old { store(new, replacing: old) }
-            changed.append((old, new))
+            changed.append((old, new != old ? store(new, replacing: old) : new))
         }
         return changed
     }
 
-    /// Writes a record and keeps the state lists and the expiry index in step with it.
-    private func store(_ new: TaskRecord, replacing old: TaskRecord?) {
+    /// Writes a record, numbering it in its session's completion order if it just became terminal, and
+    /// keeps the state lists and the expiry index in step with it; returns the record as stored.
+    @discardableResult
+    private func store(_ record: TaskRecord, replacing old: TaskRecord?) -> TaskRecord {
+        var new = record
         let id = new.id
+        if new.enteredTerminalState(from: old) {
+            completionOrder[id.session, default: []].append(id.index)
+            new.completionSequence = completionOrder[id.session]?.count
+            completed.signal()
+        }
         if old?.state != new.state {
             if let old { indexes[id.session, default: StateIndex()].remove(id.index, from: old.state) }
             indexes[id.session, default: StateIndex()].insert(id.index, into: new.state)
@@ -325,6 +363,7 @@ public actor InMemoryStateStore: StateStore {
             if let newKey { expiries.insert(newKey) }
         }
         records[id] = new
+        return new
     }
 
     private static func expiryKey(_ record: TaskRecord) -> ExpiryKey? {

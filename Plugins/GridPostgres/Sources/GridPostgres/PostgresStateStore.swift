@@ -484,6 +484,11 @@ public struct PostgresStateStore: StateStore {
     /// through the partial index `task_lease`.
     ///
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
+    // ISSUE14-STUB: replaced by the backend's own completion order on its branch; never merged to main.
+    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
+        throw GridError(.internalError, "completion order not implemented yet")
+    }
+
     public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
         guard limit > 0 else { return [] }
         return try await database.collect(

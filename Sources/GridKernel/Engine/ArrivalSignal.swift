@@ -1,11 +1,11 @@
 import Synchronization
 
-/// Wakes `lease` calls of this process that wait for messages when this process enqueues or releases.
+/// Wakes every waiter of this process when something arrived (a message was enqueued, a task became
+/// terminal); waiters then look for themselves.
 ///
-/// Other processes sharing the file cannot signal; waiting leases poll for their messages instead.
-/// A generation counter closes the gap between an empty lease and the start of the wait: a waiter
-/// that saw generation `g` returns at once if a signal came since.
-final class ArrivalSignal: Sendable {
+/// A generation counter closes the gap between a look that found nothing and the start of the wait: a
+/// waiter that read generation `g` before looking returns at once if a signal came since.
+public final class ArrivalSignal: Sendable {
     private struct State {
         var generation: UInt64 = 0
         var nextID: UInt64 = 0
@@ -14,11 +14,14 @@ final class ArrivalSignal: Sendable {
 
     private let state = Mutex(State())
 
+    /// Creates a signal with no waiter.
+    public init() {}
+
     /// The number of signals so far.
-    var generation: UInt64 { state.withLock { $0.generation } }
+    public var generation: UInt64 { state.withLock { $0.generation } }
 
     /// Wakes every waiter.
-    func signal() {
+    public func signal() {
         let waiters = state.withLock { state in
             state.generation &+= 1
             defer { state.waiters.removeAll() }
@@ -28,7 +31,7 @@ final class ArrivalSignal: Sendable {
     }
 
     /// Returns after a signal later than `generation`, after `timeout`, or on cancellation.
-    func wait(after generation: UInt64, timeout: Duration) async {
+    public func wait(after generation: UInt64, timeout: Duration) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { try? await Task.sleep(for: timeout) }
             group.addTask { await self.waitForSignal(after: generation) }
