@@ -67,9 +67,12 @@ struct BenchCommand: AsyncParsableCommand {
     var pollInterval: Double = 0.05
     @Option(help: "Drive the workload through htc-server at this URL (env HTC_SERVER); needs --grid, the server's grid.") var server: String?
     @Option(help: "API key for --server (env HTC_API_KEY).") var apiKey: String?
+    @Option(help: "Round-trip mode: run this many tasks one at a time (each submitted when the previous result is back, after 10 unmeasured) and report the round trip's p50/p99 (rtt_ms); --tasks is ignored.")
+    var rtt: Int?
 
     func run() async throws {
         LoggingSetup.bootstrap(level: try grid.level(default: .warning))
+        if let rtt, rtt < 1 { throw ValidationError("--rtt must be at least 1") }
         let environment = Environment()
         let urls = grid.urls()
         var remote: RemoteGridClient?
@@ -96,9 +99,10 @@ struct BenchCommand: AsyncParsableCommand {
             throw ValidationError("pass --backend memory|sqlite, or --grid URL")
         }
         var workload = Workload(
-            backend: kind, urls: urls, tasks: tasks, agents: agents, payloadBytes: payloadBytes, concurrency: concurrency,
+            backend: kind, urls: urls, tasks: rtt ?? tasks, agents: agents, payloadBytes: payloadBytes, concurrency: concurrency,
             timeout: Duration(timeInterval: timeout)
         )
+        workload.roundTrips = rtt
         guard pollInterval > 0 else { throw ValidationError("--poll-interval must be positive") }
         workload.pollInterval = Duration(timeInterval: pollInterval)
         if let remote {
@@ -113,7 +117,7 @@ struct BenchCommand: AsyncParsableCommand {
                 \(result.backend): \(result.tasks.grouped) tasks, \(result.agents) agents, \(result.payload_bytes) B payloads
                 \(String(format: "%.3f", result.seconds)) s · \(Int(result.tasks_per_second).grouped) tasks/s end to end · \
                 submit \(Int(result.submit_per_second).grouped) tasks/s
-                latency p50 \(result.latency_ms.p50) ms · p99 \(result.latency_ms.p99) ms
+                latency p50 \(result.latency_ms.p50) ms · p99 \(result.latency_ms.p99) ms\(result.rtt_ms.map { "\nround trip p50 \($0.p50) ms · p99 \($0.p99) ms · mean \($0.mean) ms · min \($0.min) ms" } ?? "")
                 verified \(result.verified.grouped) · lost \(result.lost) · duplicates \(result.duplicates) · failed \(result.failed)
                 """)
             if let aws = result.aws {

@@ -49,7 +49,15 @@ public protocol GridService: Sendable {
     /// - Throws: ``GridKernel/GridError/Code/notFound``; ``GridKernel/GridError/Code/unavailable``.
     func deleteSession(_ session: SessionID) async throws -> Int
 
-    /// Waits until every task of the session is terminal, polling its counts.
+    /// Reads results in completion order after the number `after`, waiting up to `wait` for the next
+    /// completion when there is none yet (see ``GridKernel/GridClient/completions(_:after:limit:outputs:maxOutputBytes:wait:)``).
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/invalidArgument``; ``GridKernel/GridError/Code/notFound``;
+    ///   ``GridKernel/GridError/Code/unavailable``.
+    func completions(_ session: SessionID, after: Int, limit: Int, outputs: Bool, wait: Duration) async throws -> CompletionPage
+
+    /// Waits until every task of the session is terminal, woken by completions (no polling of counts);
+    /// `pollInterval` is how often `progress` is called meanwhile.
     ///
     /// - Throws: ``GridKernel/GridError/Code/timeout``; ``GridKernel/GridError/Code/unavailable``; `CancellationError`.
     func wait(
@@ -61,7 +69,24 @@ public protocol GridService: Sendable {
     ) async throws -> StateCounts
 }
 
+extension GridService {
+    /// The session's results as they complete, in completion order, until every task is terminal
+    /// (``GridKernel/CompletionStream``); each read waits up to 30 s for the next completion.
+    public func follow(_ session: SessionID, after: Int = 0, outputs: Bool = true) -> CompletionStream {
+        CompletionStream(after: after) { after in
+            try await completions(session, after: after, limit: 1_000, outputs: outputs, wait: .seconds(30))
+        }
+    }
+}
+
 extension GridClient: GridService {
+    /// Reads results in completion order, outputs up to 64 MiB per page.
+    ///
+    /// - Throws: see ``GridKernel/GridClient/completions(_:after:limit:outputs:maxOutputBytes:wait:)``.
+    public func completions(_ session: SessionID, after: Int, limit: Int, outputs: Bool, wait: Duration) async throws -> CompletionPage {
+        try await completions(session, after: after, limit: limit, outputs: outputs, maxOutputBytes: 64 << 20, wait: wait)
+    }
+
     /// Lists sessions straight from the state store.
     ///
     /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a bad cursor; ``GridKernel/GridError/Code/unavailable``.

@@ -166,16 +166,36 @@ public struct RemoteGridClient: GridService {
         var path = "/v1/sessions/\(session.rawValue)/results?state=\(state.rawValue)&limit=\(limit)"
         if let cursor { path += "&after=" + Self.escape(cursor) }
         let page = try await send("GET", path, as: PageBody<TaskBody>.self)
+        return Page(items: try await results(page.items), next: page.has_more ? page.next : nil)
+    }
+
+    /// Reads results in completion order (`order=completion`), long-polling up to `wait` (whole
+    /// milliseconds) when there is none after `after` yet.
+    ///
+    /// - Throws: what the server answers.
+    public func completions(_ session: SessionID, after: Int, limit: Int, outputs: Bool, wait: Duration) async throws -> CompletionPage {
+        let millis = max(0, Int((wait.timeInterval * 1000).rounded(.down)))
+        let path = "/v1/sessions/\(session.rawValue)/results?order=completion&after=\(after)&limit=\(limit)"
+            + "&wait=\(Double(millis) / 1000)" + (outputs ? "" : "&outputs=false")
+        let page = try await send("GET", path, as: CompletionPageBody.self)
+        guard let next = Int(page.next) else {
+            throw GridError(.internalError, "htc-server sent the completion cursor '\(page.next)', not a number", backend: "http")
+        }
+        return CompletionPage(items: try await results(page.items), next: next, taskCount: page.task_count)
+    }
+
+    /// The results of tasks as sent, fetching outputs that did not travel inline.
+    private func results(_ bodies: [TaskBody]) async throws -> [TaskResult] {
         var items: [TaskResult] = []
-        items.reserveCapacity(page.items.count)
-        for item in page.items {
+        items.reserveCapacity(bodies.count)
+        for item in bodies {
             var output = item.output_base64.flatMap { Data(base64Encoded: $0) }.map { Array($0) }
             if output == nil, let url = item.output_url {
                 output = Array(try await send("GET", url, as: Data.self))
             }
             items.append(TaskResult(record: try item.record(), output: output))
         }
-        return Page(items: items, next: page.has_more ? page.next : nil)
+        return items
     }
 
     /// Cancels a session.
@@ -193,7 +213,9 @@ public struct RemoteGridClient: GridService {
         try await send("DELETE", "/v1/sessions/\(session.rawValue)", retry: false, as: DeleteBody.self).deleted_tasks
     }
 
-    /// Waits until every task is terminal, polling the session's counts.
+    /// Waits until every task is terminal: reads the session's counts for `progress` every
+    /// `pollInterval` at most, and in between long-polls for the completion of the last task, so the
+    /// wait ends as soon as it happens.
     ///
     /// - Throws: ``GridKernel/GridError/Code/timeout``; what the server answers; `CancellationError`.
     public func wait(
@@ -208,11 +230,17 @@ public struct RemoteGridClient: GridService {
             let body = try await send("GET", "/v1/sessions/\(session.rawValue)", as: SessionBody.self)
             let counts = try body.stateCounts()
             progress(counts)
-            if counts.terminal >= (expected ?? body.task_count) { return counts }
-            if let deadline, ContinuousClock.now >= deadline {
-                throw GridError(.timeout, "session \(session) has \(counts.terminal) of \(expected ?? body.task_count) tasks terminal after the timeout")
+            let total = expected ?? body.task_count
+            if counts.terminal >= total { return counts }
+            var pause = max(pollInterval, .milliseconds(1))
+            if let deadline {
+                let remaining = deadline - ContinuousClock.now
+                guard remaining > .zero else {
+                    throw GridError(.timeout, "session \(session) has \(counts.terminal) of \(total) tasks terminal after the timeout")
+                }
+                pause = min(pause, remaining)
             }
-            try await Task.sleep(for: pollInterval)
+            _ = try await completions(session, after: total - 1, limit: 1, outputs: false, wait: pause)
         }
     }
 
@@ -324,6 +352,12 @@ private struct PageBody<Item: Decodable>: Decodable {
     var has_more: Bool
 }
 
+private struct CompletionPageBody: Decodable {
+    var items: [TaskBody]
+    var next: String
+    var task_count: Int?
+}
+
 private struct SessionBody: Decodable {
     var id: String
     var priority: Int
@@ -371,6 +405,7 @@ private struct TaskBody: Decodable {
     var last_error: String?
     var output_base64: String?
     var output_url: String?
+    var sequence: Int?
 
     func record() throws -> TaskRecord {
         guard let state = TaskState(rawValue: state) else {
@@ -386,7 +421,8 @@ private struct TaskBody: Decodable {
             submittedAt: submitted_at,
             startedAt: started_at,
             completedAt: completed_at,
-            lastError: last_error
+            lastError: last_error,
+            completionSequence: sequence
         )
     }
 }

@@ -181,7 +181,8 @@ struct WaitCommand: AsyncParsableCommand {
 struct ResultsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "results",
-        abstract: "List a session's tasks in one state with their outputs (JSON Lines with --json)."
+        abstract: "List a session's tasks in one state with their outputs (JSON Lines with --json).",
+        discussion: "With --follow, prints every task of the session as it becomes terminal (finished, failed or cancelled), in completion order, and ends once the session is complete; --after is then a completion number (the 'sequence' of the last line printed), to resume without skipping or repeating a task. Exits with 2 if a task failed or was cancelled."
     )
 
     struct Line: Encodable {
@@ -191,6 +192,7 @@ struct ResultsCommand: AsyncParsableCommand {
         var output: String?
         var output_base64: String?
         var error: String?
+        var sequence: Int?
     }
 
     @OptionGroup var options: ClientOptions
@@ -199,8 +201,10 @@ struct ResultsCommand: AsyncParsableCommand {
     @Option(help: "Start after this cursor (printed at the end of the previous page).") var after: String?
     @Option(help: "Tasks per page.") var limit = 1000
     @Flag(help: "Follow the cursor to the end instead of stopping after one page.") var all = false
+    @Flag(help: "Print tasks as they become terminal, in completion order, until the session is complete.") var follow = false
 
     func run() async throws {
+        if follow { return try await runFollowing() }
         guard let taskState = TaskState(rawValue: self.taskState) else {
             throw ValidationError("--task-state must be one of \(TaskState.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -209,26 +213,48 @@ struct ResultsCommand: AsyncParsableCommand {
         var cursor = after
         repeat {
             let page = try await client.results(id, state: taskState, after: cursor, limit: limit)
-            for result in page.items {
-                let text = result.output.flatMap { String(validating: $0, as: UTF8.self) }
-                let line = Line(
-                    task_id: result.record.id.rawValue,
-                    state: result.record.state.rawValue,
-                    retries: result.record.retries,
-                    output: text,
-                    output_base64: text == nil ? result.output.map { Data($0).base64EncodedString() } : nil,
-                    error: result.record.lastError
-                )
-                if options.json {
-                    try printJSON(line)
-                } else {
-                    let shown = line.output ?? line.output_base64.map { "base64:" + $0 } ?? line.error ?? ""
-                    print("\(line.task_id)\t\(line.state)\t\(String(shown.prefix(100)))")
-                }
-            }
+            for result in page.items { try show(result) }
             cursor = page.next
             if !all, let next = page.next, !options.json { print("next page: --after \(next)") }
         } while all && cursor != nil
+    }
+
+    /// `--follow`: the completion stream, to the end of the session.
+    private func runFollowing() async throws {
+        guard all == false else { throw ValidationError("--follow reads to the end already; drop --all") }
+        var after = 0
+        if let text = self.after {
+            guard let number = Int(text), number >= 0 else {
+                throw ValidationError("--after \(text): with --follow, pass a completion number (the 'sequence' of the last line printed)")
+            }
+            after = number
+        }
+        let client = try await options.makeClient()
+        var unsuccessful = 0
+        for try await result in client.follow(try parseSession(session), after: after) {
+            try show(result)
+            if result.record.state != .finished { unsuccessful += 1 }
+        }
+        if unsuccessful > 0 { throw ExitCode(2) }
+    }
+
+    private func show(_ result: TaskResult) throws {
+        let text = result.output.flatMap { String(validating: $0, as: UTF8.self) }
+        let line = Line(
+            task_id: result.record.id.rawValue,
+            state: result.record.state.rawValue,
+            retries: result.record.retries,
+            output: text,
+            output_base64: text == nil ? result.output.map { Data($0).base64EncodedString() } : nil,
+            error: result.record.lastError,
+            sequence: result.record.completionSequence
+        )
+        if options.json {
+            try printJSON(line)
+        } else {
+            let shown = line.output ?? line.output_base64.map { "base64:" + $0 } ?? line.error ?? ""
+            print("\(line.task_id)\t\(line.state)\t\(String(shown.prefix(100)))")
+        }
     }
 }
 

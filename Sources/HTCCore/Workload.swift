@@ -32,12 +32,22 @@ struct Workload: Sendable {
     var scalingInterval: Duration = .milliseconds(250)
     /// How often the client counts the session's tasks while it waits.
     var pollInterval: Duration = .milliseconds(50)
+    /// Round-trip mode (`htc bench --rtt N`): N tasks one at a time, each submitted once the result of
+    /// the one before came back; `tasks` is then N.
+    var roundTrips: Int?
 
     /// The figures `htc bench --json` prints.
     struct Result: Codable, Sendable {
         struct Latency: Codable, Sendable {
             var p50: Double
             var p99: Double
+        }
+
+        struct RoundTrip: Codable, Sendable {
+            var p50: Double
+            var p99: Double
+            var mean: Double
+            var min: Double
         }
 
         var backend: String
@@ -48,6 +58,8 @@ struct Workload: Sendable {
         var tasks_per_second: Double
         var submit_per_second: Double
         var latency_ms: Latency
+        /// Round-trip mode: submit → result back at the client, per task.
+        var rtt_ms: RoundTrip? = nil
         var verified: Int
         var lost: Int
         var duplicates: Int
@@ -70,6 +82,7 @@ struct Workload: Sendable {
                 + "\"seconds\":\(number(seconds)),\"tasks_per_second\":\(number(tasks_per_second)),"
                 + "\"submit_per_second\":\(number(submit_per_second)),"
                 + "\"latency_ms\":{\"p50\":\(number(latency_ms.p50)),\"p99\":\(number(latency_ms.p99))},"
+                + (rtt_ms.map { "\"rtt_ms\":{\"p50\":\(number($0.p50)),\"p99\":\(number($0.p99)),\"mean\":\(number($0.mean)),\"min\":\(number($0.min))}," } ?? "")
                 + "\"verified\":\(verified),\"lost\":\(lost),\"duplicates\":\(duplicates),\"failed\":\(failed)"
                 + (aws.flatMap { cost in
                     let encoder = JSONEncoder()
@@ -128,7 +141,11 @@ struct Workload: Sendable {
         }
         let measured: Measured
         do {
-            measured = try await drive(backends: backends, logger: logger, progress: progress)
+            if let roundTrips {
+                measured = try await driveRoundTrips(roundTrips, backends: backends, logger: logger, progress: progress)
+            } else {
+                measured = try await drive(backends: backends, logger: logger, progress: progress)
+            }
         } catch {
             _ = try? await pool.stop()
             throw error
@@ -143,11 +160,12 @@ struct Workload: Sendable {
         let duplicates = runs.values.filter { $0 > 1 }.count
         var latencies = measured.latencies
         latencies.sort()
-        func percentile(_ p: Double) -> Double {
-            guard !latencies.isEmpty else { return 0 }
-            let rank = Int((p * Double(latencies.count)).rounded(.up)) - 1
-            return (latencies[max(0, min(latencies.count - 1, rank))] * 100).rounded() / 100
-        }
+        func percentile(_ p: Double) -> Double { Self.percentile(p, of: latencies) }
+        let roundTrips = measured.roundTrips.sorted()
+        let rtt = roundTrips.isEmpty ? nil : Result.RoundTrip(
+            p50: Self.percentile(0.5, of: roundTrips), p99: Self.percentile(0.99, of: roundTrips),
+            mean: (roundTrips.reduce(0, +) / Double(roundTrips.count) * 1000).rounded() / 1000,
+            min: (roundTrips[0] * 1000).rounded() / 1000)
         return Result(
             backend: (server == nil ? "" : "http+") + (backend == .custom ? (try? urls.resolved().queue.scheme) ?? "custom" : backend.rawValue),
             tasks: tasks,
@@ -157,6 +175,7 @@ struct Workload: Sendable {
             tasks_per_second: (Double(tasks) / measured.seconds).rounded(),
             submit_per_second: (Double(tasks) / measured.submitSeconds).rounded(),
             latency_ms: Result.Latency(p50: percentile(0.5), p99: percentile(0.99)),
+            rtt_ms: rtt,
             verified: measured.verified,
             lost: tasks - measured.verified,
             duplicates: duplicates,
@@ -174,6 +193,7 @@ struct Workload: Sendable {
         var verified: Int
         var failed: Int
         var latencies: [Double]
+        var roundTrips: [Double] = []
     }
 
     /// Submits, waits and verifies; the timed part of the workload.
@@ -192,26 +212,94 @@ struct Workload: Sendable {
         }
         let submitSeconds = (ContinuousClock.now - started).timeInterval
 
-        let counts = try await client.wait(for: session.id, expected: tasks, pollInterval: pollInterval, timeout: timeout) { counts in
-            progress?.update(counts, total: tasks)
-        }
-
-        var verified = 0
-        var latencies: [Double] = []
-        latencies.reserveCapacity(tasks)
-        var cursor: String?
-        repeat {
-            let page = try await client.results(session.id, state: .finished, after: cursor, limit: 5_000)
-            for result in page.items {
+        // Every result as it completes (outputs included), from the completion stream: no counting.
+        let stream = client.follow(session.id, after: 0, outputs: true)
+        let (verified, latencies, counts) = try await Self.within(timeout, "session \(session.id): the results of \(tasks) tasks") {
+            var verified = 0
+            var latencies: [Double] = []
+            latencies.reserveCapacity(tasks)
+            var counts = StateCounts()
+            var iterator = stream.makeAsyncIterator()
+            while counts.terminal < tasks, let result = try await iterator.next() {
+                counts[result.record.state] += 1
                 if result.output == Self.input(index: result.record.id.index, bytes: payloadBytes) { verified += 1 }
                 if let completed = result.record.completedAt {
                     latencies.append(completed.timeIntervalSince(result.record.submittedAt) * 1000)
                 }
+                if counts.terminal % 1_000 == 0 { progress?.update(counts, total: tasks) }
             }
-            cursor = page.next
-        } while cursor != nil
+            progress?.update(counts, total: tasks)
+            return (verified, latencies, counts)
+        }
         let seconds = (ContinuousClock.now - started).timeInterval
         progress?.finish()
         return Measured(seconds: seconds, submitSeconds: submitSeconds, verified: verified, failed: counts[.failed], latencies: latencies)
+    }
+
+    /// Round-trip mode: one task at a time, submitted when the result of the one before is back; the
+    /// time from the submit call to the result in hand, per task, after ten unmeasured warm-up tasks.
+    private func driveRoundTrips(_ count: Int, backends: GridBackends, logger: Logger, progress: ProgressReporter?) async throws -> Measured {
+        let client: any GridService = server ?? GridClient(backends: backends, configuration: ClientConfiguration(), logger: logger)
+        let session = try await client.createSession(SessionOptions(), id: nil)
+        let warmUp = 10
+        let started = ContinuousClock.now
+        let (roundTrips, verified, failed, latencies) = try await Self.within(timeout, "\(count) round trips") {
+            var roundTrips: [Double] = []
+            roundTrips.reserveCapacity(count)
+            var verified = 0
+            var failed = 0
+            var latencies: [Double] = []
+            for index in 0..<(warmUp + count) {
+                let input = Self.input(index: index, bytes: payloadBytes)
+                let sent = ContinuousClock.now
+                _ = try await client.submit(session.id, inputs: [input], key: nil)
+                var page: CompletionPage
+                repeat {
+                    page = try await client.completions(session.id, after: index, limit: 1, outputs: true, wait: .seconds(10))
+                } while page.items.isEmpty
+                let back = ContinuousClock.now
+                guard index >= warmUp else { continue }
+                roundTrips.append((back - sent).timeInterval * 1000)
+                let result = page.items[0]
+                if result.record.state == .failed { failed += 1 }
+                if result.output == input { verified += 1 }
+                if let completed = result.record.completedAt { latencies.append(completed.timeIntervalSince(result.record.submittedAt) * 1000) }
+                if (index - warmUp + 1) % 100 == 0 {
+                    var counts = StateCounts()
+                    counts[.finished] = verified
+                    counts[.failed] = failed
+                    progress?.update(counts, total: count)
+                }
+            }
+            return (roundTrips, verified, failed, latencies)
+        }
+        let seconds = (ContinuousClock.now - started).timeInterval
+        progress?.finish()
+        return Measured(
+            seconds: seconds, submitSeconds: seconds, verified: verified, failed: failed, latencies: latencies, roundTrips: roundTrips)
+    }
+
+    /// The `p` percentile of sorted values, rounded to 0.01.
+    static func percentile(_ p: Double, of sorted: [Double]) -> Double {
+        guard !sorted.isEmpty else { return 0 }
+        let rank = Int((p * Double(sorted.count)).rounded(.up)) - 1
+        return (sorted[max(0, min(sorted.count - 1, rank))] * 100).rounded() / 100
+    }
+
+    /// Runs `body`, which must end within `timeout`.
+    ///
+    /// - Throws: ``GridKernel/GridError/Code/timeout`` naming `what`; what `body` throws.
+    static func within<T: Sendable>(_ timeout: Duration, _ what: String, _ body: @Sendable @escaping () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            let answer = try await group.next() ?? nil
+            group.cancelAll()
+            guard let answer else { throw GridError(.timeout, "\(what) did not come back within \(timeout)") }
+            return answer
+        }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import GridKernel
+import Hummingbird
 
 /// `POST /v1/sessions`.
 struct CreateSessionRequest: Decodable {
@@ -160,8 +161,11 @@ struct TaskBody: Encodable {
     var outputBase64: String?
     var outputSize: Int?
     var outputURL: String?
+    /// The task's place in its session's completion order, once terminal.
+    var sequence: Int?
 
     enum CodingKeys: String, CodingKey {
+        case sequence
         case taskID = "task_id"
         case sessionID = "session_id"
         case state, owner, retries
@@ -190,6 +194,7 @@ struct TaskBody: Encodable {
         startedAt = record.startedAt
         completedAt = record.completedAt
         lastError = record.lastError
+        sequence = record.completionSequence
         if let output {
             outputSize = output.count
             if output.count <= inlineLimit {
@@ -232,4 +237,68 @@ struct HealthBody: Encodable {
     var status: String
     /// `/readyz`: what the backends would lose on a restart of their servers (absent when nothing).
     var warnings: [String]? = nil
+}
+
+/// The query of `order=completion` results and of the result stream: `after` (a completion number,
+/// default 0), `limit` (1 to 10,000, default 1,000), `outputs` (`true`/`false`, default true) and `wait`.
+struct CompletionQuery {
+    var after: Int
+    var limit: Int
+    var outputs: Bool
+    var wait: Duration
+
+    init(_ request: Request, maxWait: Duration) throws {
+        after = try GridAPI.integer(request, "after", default: 0, range: 0...Int.max)
+        limit = try GridAPI.integer(request, "limit", default: 1_000, range: 1...10_000)
+        switch GridAPI.string(request, "outputs") ?? "true" {
+        case "true": outputs = true
+        case "false": outputs = false
+        case let other: throw GridError.invalidArgument("outputs=\(other): expected true or false")
+        }
+        wait = try GridAPI.seconds(request, "wait", max: maxWait)
+    }
+
+    init(_ query: CompletionQuery, after: Int) {
+        self = query
+        self.after = after
+    }
+}
+
+/// A page of results in completion order.
+struct CompletionPageBody: Encodable {
+    var items: [TaskBody]
+    /// The completion number of the last item (or the `after` asked for): pass it as `after` next.
+    var next: String
+    /// Whether more results are known to follow right now.
+    var hasMore: Bool
+    /// Whether every task of the session is terminal and was returned.
+    var complete: Bool
+    /// The session's task count, when the page caught up with the session.
+    var taskCount: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case items, next, complete
+        case hasMore = "has_more"
+        case taskCount = "task_count"
+    }
+
+    init(_ page: CompletionPage, inlineLimit: Int) {
+        items = page.items.map { TaskBody($0.record, output: $0.output, inlineLimit: inlineLimit) }
+        next = String(page.next)
+        hasMore = page.taskCount == nil
+        complete = page.complete
+        taskCount = page.taskCount
+    }
+}
+
+/// A line of the result stream that is not a result: progress while waiting, and the last line.
+struct StreamProgress: Encodable {
+    var complete: Bool
+    var next: String
+    var taskCount: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case complete, next
+        case taskCount = "task_count"
+    }
 }

@@ -67,6 +67,7 @@ public struct GridAPI: Sendable {
         v1.delete("sessions/{session_id}") { _, context in try await self.deleteSession(context) }
         v1.post("sessions/{session_id}/tasks") { request, context in try await self.submitTasks(request, context) }
         v1.get("sessions/{session_id}/results") { request, context in try await self.results(request, context) }
+        v1.get("sessions/{session_id}/results/stream") { request, context in try await self.resultStream(request, context) }
         v1.get("tasks/{task_id}") { _, context in try await self.getTask(context) }
         v1.get("tasks/{task_id}/output") { _, context in try await self.getOutput(context) }
         v1.get("scaling") { _, _ in try await self.scalingDecision() }
@@ -255,6 +256,11 @@ public struct GridAPI: Sendable {
 
     private func results(_ request: Request, _ context: ServerRequestContext) async throws -> Response {
         let record = try await ownedSession(context)
+        switch Self.string(request, "order") ?? "index" {
+        case "index": break
+        case "completion": return try await completionResults(request, record)
+        case let other: throw GridError.invalidArgument("order '\(other)' is not one of index, completion")
+        }
         let stateText = Self.string(request, "state") ?? TaskState.finished.rawValue
         guard let state = TaskState(rawValue: stateText) else {
             throw GridError.invalidArgument(
@@ -264,19 +270,36 @@ public struct GridAPI: Sendable {
         let limit = try Self.integer(request, "limit", default: 1_000, range: 1...10_000)
         let wait = try Self.seconds(request, "wait", max: configuration.maxWait)
         let after = Self.string(request, "after")
+        // Completions wake the wait in real time; pending and processing are looked at again on the
+        // server's clock.
+        let realDeadline = ContinuousClock.now + wait
         let deadline = clock.now.addingTimeInterval(wait.timeInterval)
         var delay = configuration.pollBackoff.lowerBound
+        // For terminal states, the number of terminal tasks before the read: a completion after it is
+        // what may bring a new item, and the state store wakes the wait when one happens.
+        var terminal = state.isTerminal ? try await client.counts(record.id).terminal : 0
         var page = try await client.results(record.id, state: state, after: after, limit: limit, maxOutputBytes: configuration.resultsPageBytes)
-        // Long-poll: look again with a growing delay until something arrives or the wait is over. A
-        // graceful shutdown ends the wait at once (with what there is), so a rolling restart is not held
-        // up by clients waiting for results.
+        // Long-poll until something arrives or the wait is over. A graceful shutdown ends the wait at
+        // once (with what there is), so a rolling restart is not held up by clients waiting for results.
         while page.items.isEmpty && !Task.isShuttingDownGracefully {
-            let remaining = Duration(timeInterval: deadline.timeIntervalSince(clock.now))
-            guard remaining > .zero else { break }
-            let pause = min(delay, remaining)
-            try? await cancelWhenGracefulShutdown { try await self.clock.sleep(for: pause) }
+            if state.isTerminal {
+                let remaining = realDeadline - ContinuousClock.now
+                guard remaining > .zero else { break }
+                let session = record.id
+                let seen = terminal
+                _ = try? await cancelWhenGracefulShutdown {
+                    try await self.client.backends.state.waitForCompletions(session, after: seen, timeout: remaining)
+                }
+                terminal = try await client.counts(record.id).terminal
+            } else {
+                // Pending and processing tasks are not announced: look again with a growing delay.
+                let remaining = Duration(timeInterval: deadline.timeIntervalSince(clock.now))
+                guard remaining > .zero else { break }
+                let pause = min(delay, remaining)
+                try? await cancelWhenGracefulShutdown { try await self.clock.sleep(for: pause) }
+                delay = min(delay * 2, configuration.pollBackoff.upperBound)
+            }
             try Task.checkCancellation()
-            delay = min(delay * 2, configuration.pollBackoff.upperBound)
             page = try await client.results(record.id, state: state, after: after, limit: limit, maxOutputBytes: configuration.resultsPageBytes)
         }
         metrics.returned(page.items.count, state: state)
@@ -286,6 +309,73 @@ public struct GridAPI: Sendable {
         let next = page.next ?? page.items.last.map { IntegerCursor.make($0.record.id.index) } ?? after
         let items: [TaskBody] = page.items.map { TaskBody($0.record, output: $0.output, inlineLimit: configuration.inlineOutputLimit) }
         return try Self.json(PageBody(items: items, next: next, hasMore: page.next != nil))
+    }
+
+    /// `order=completion`: the session's results in the order they became terminal, after the
+    /// completion number `after` (0 by default), long-polling up to `wait`.
+    private func completionResults(_ request: Request, _ record: SessionRecord) async throws -> Response {
+        let query = try CompletionQuery(request, maxWait: configuration.maxWait)
+        let page = try await readCompletions(record.id, query, wait: query.wait)
+        if query.wait > .zero { metrics.longPoll(foundData: !page.items.isEmpty) }
+        return try Self.json(CompletionPageBody(page, inlineLimit: configuration.inlineOutputLimit))
+    }
+
+    /// `results/stream`: the session's results in completion order as NDJSON, one line per task as it
+    /// becomes terminal, until the session is complete. Between results, a progress line
+    /// (`{"complete":false,"next":…}`) every 15 s at most keeps proxies from closing the connection; the
+    /// last line is `{"complete":true,…}`. A client that loses the connection resumes with
+    /// `after=<next>` (the last `sequence` it got): nothing is skipped or repeated.
+    private func resultStream(_ request: Request, _ context: ServerRequestContext) async throws -> Response {
+        let record = try await ownedSession(context)
+        let query = try CompletionQuery(request, maxWait: .seconds(15))
+        let inlineLimit = configuration.inlineOutputLimit
+        let body = ResponseBody { writer in
+            var after = query.after
+            while !Task.isShuttingDownGracefully {
+                let page = try await self.readCompletions(record.id, CompletionQuery(query, after: after), wait: .seconds(15))
+                var lines = ByteBuffer()
+                for item in page.items {
+                    lines.writeBytes(try Self.jsonLine(TaskBody(item.record, output: item.output, inlineLimit: inlineLimit)))
+                }
+                after = page.next
+                if page.items.isEmpty || page.complete {
+                    lines.writeBytes(try Self.jsonLine(StreamProgress(complete: page.complete, next: String(after), taskCount: page.taskCount)))
+                }
+                try await writer.write(lines)
+                if page.complete { break }
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: body)
+    }
+
+    /// Reads one page in completion order, waiting for the next completion up to `wait` (ended early by
+    /// a graceful shutdown).
+    private func readCompletions(_ session: SessionID, _ query: CompletionQuery, wait: Duration) async throws -> CompletionPage {
+        let read = { (wait: Duration) in
+            try await self.client.completions(
+                session, after: query.after, limit: query.limit, outputs: query.outputs,
+                maxOutputBytes: self.configuration.resultsPageBytes, wait: wait)
+        }
+        var page = try await read(.zero)
+        if page.items.isEmpty && !page.complete && wait > .zero && !Task.isShuttingDownGracefully {
+            let client = self.client
+            let after = query.after
+            _ = try? await cancelWhenGracefulShutdown { try await client.backends.state.waitForCompletions(session, after: after, timeout: wait) }
+            try Task.checkCancellation()
+            page = try await read(.zero)
+        }
+        for state in TaskState.terminal {
+            let count = page.items.filter { $0.record.state == state }.count
+            if count > 0 { metrics.returned(count, state: state) }
+        }
+        return page
+    }
+
+    private static func jsonLine<Body: Encodable>(_ body: Body) throws -> [UInt8] {
+        var bytes = try encoder.encode(body)
+        bytes.append(UInt8(ascii: "\n"))
+        return Array(bytes)
     }
 
     private func getTask(_ context: ServerRequestContext) async throws -> Response {
@@ -346,7 +436,8 @@ public struct GridAPI: Sendable {
         return Data(buffer.readableBytesView)
     }
 
-    static func json<Body: Encodable>(_ body: Body, status: HTTPResponse.Status = .ok) throws -> Response {
+    /// The encoder of every JSON answer: sorted keys, dates in ISO 8601 with milliseconds.
+    private static var encoder: JSONEncoder {
         let encoder = JSONEncoder()
         // Milliseconds matter: clients measure latencies from these timestamps.
         encoder.dateEncodingStrategy = .custom { date, encoder in
@@ -354,6 +445,10 @@ public struct GridAPI: Sendable {
             try container.encode(date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
         }
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+
+    static func json<Body: Encodable>(_ body: Body, status: HTTPResponse.Status = .ok) throws -> Response {
         let data = try encoder.encode(body)
         return Response(
             status: status,
@@ -362,12 +457,12 @@ public struct GridAPI: Sendable {
         )
     }
 
-    private static func string(_ request: Request, _ name: String) -> String? {
+    static func string(_ request: Request, _ name: String) -> String? {
         guard let value = request.uri.queryParameters[Substring(name)], !value.isEmpty else { return nil }
         return String(value)
     }
 
-    private static func integer(
+    static func integer(
         _ request: Request, _ name: String, default fallback: Int, range: ClosedRange<Int>
     ) throws -> Int {
         guard let text = string(request, name) else { return fallback }
@@ -377,7 +472,7 @@ public struct GridAPI: Sendable {
         return value
     }
 
-    private static func seconds(_ request: Request, _ name: String, max: Duration) throws -> Duration {
+    static func seconds(_ request: Request, _ name: String, max: Duration) throws -> Duration {
         guard let text = string(request, name) else { return .zero }
         guard let value = Double(text), value >= 0, value <= max.timeInterval else {
             throw GridError.invalidArgument("\(name)=\(text): expected a number of seconds from 0 to \(max.timeInterval)")

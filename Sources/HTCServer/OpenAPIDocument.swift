@@ -193,13 +193,24 @@ paths:
         "413": { $ref: "#/components/responses/Error" }
   /v1/sessions/{session_id}/results:
     get:
-      summary: Page through a session's tasks in one state, in task-index order; long-poll with wait.
+      summary: >-
+        Page through a session's results: in task-index order for one state (order=index, the default),
+        or in the order the tasks became terminal (order=completion); long-poll with wait.
+      description: >-
+        order=completion reads finished, failed and cancelled tasks together, each numbered by its place
+        in the session's completion order (sequence: 1, 2, 3, … with no gap). after is then the sequence
+        of the last task read (0 to start), and next always says where to continue: a client that keeps
+        it never misses nor repeats a task, also across a server restart. complete is true once every
+        task of the session is terminal and was returned. A waiting long-poll wakes as soon as a task
+        completes (the backends announce completions; see docs/backends.md).
       parameters:
         - { $ref: "#/components/parameters/SessionID" }
-        - { name: state, in: query, schema: { $ref: "#/components/schemas/TaskState" } }
-        - { name: after, in: query, schema: { type: string }, description: "the next value of a previous page" }
+        - { name: order, in: query, schema: { type: string, enum: [index, completion], default: index } }
+        - { name: state, in: query, schema: { $ref: "#/components/schemas/TaskState" }, description: "order=index only" }
+        - { name: after, in: query, schema: { type: string }, description: "the next value of a previous page (order=completion: a completion number, 0 to start)" }
         - { name: limit, in: query, schema: { type: integer, minimum: 1, maximum: 10000, default: 1000 } }
         - { name: wait, in: query, schema: { type: number, minimum: 0, maximum: 60, default: 0 }, description: "seconds to wait when the page would be empty" }
+        - { name: outputs, in: query, schema: { type: boolean, default: true }, description: "order=completion only: false leaves outputs out" }
       responses:
         "200":
           description: >-
@@ -207,6 +218,7 @@ paths:
             bounded in bytes as well as in count: it ends early, with has_more true, once the outputs it
             read reach the server's --results-page-bytes (4 MiB by default; at least one task per page).
             Outputs over --inline-output-bytes (1 MiB) come as output_url instead of output_base64.
+            complete and task_count come with order=completion.
           content:
             application/json:
               schema:
@@ -217,6 +229,31 @@ paths:
                   items: { type: array, items: { $ref: "#/components/schemas/Task" } }
                   next: { type: [string, "null"] }
                   has_more: { type: boolean }
+                  complete: { type: boolean }
+                  task_count: { type: integer }
+        "400": { $ref: "#/components/responses/Error" }
+        "401": { $ref: "#/components/responses/Error" }
+        "404": { $ref: "#/components/responses/Error" }
+  /v1/sessions/{session_id}/results/stream:
+    get:
+      summary: A session's results as they complete, as NDJSON, until the session is complete.
+      description: >-
+        One JSON object per line: a Task (with its sequence) for each task as it becomes terminal, in
+        completion order; while nothing completes, a progress line {"complete":false,"next":"N"} every
+        15 s; the last line is {"complete":true,"next":"N","task_count":T}. A client that loses the
+        connection reconnects with after=N (the last sequence it got) and misses nothing. Graceful
+        server shutdown ends the stream early, without the last line: reconnect.
+      parameters:
+        - { $ref: "#/components/parameters/SessionID" }
+        - { name: after, in: query, schema: { type: integer, minimum: 0, default: 0 }, description: "the sequence of the last task already read" }
+        - { name: limit, in: query, schema: { type: integer, minimum: 1, maximum: 10000, default: 1000 }, description: "tasks read per step" }
+        - { name: outputs, in: query, schema: { type: boolean, default: true } }
+      responses:
+        "200":
+          description: Newline-delimited JSON.
+          content:
+            application/x-ndjson:
+              schema: { type: string }
         "400": { $ref: "#/components/responses/Error" }
         "401": { $ref: "#/components/responses/Error" }
         "404": { $ref: "#/components/responses/Error" }
@@ -454,5 +491,6 @@ components:
         output_base64: { type: string, contentEncoding: base64, description: "outputs up to the inline limit (1 MiB)" }
         output_size: { type: integer }
         output_url: { type: string, description: "for larger outputs: GET this path" }
+        sequence: { type: integer, minimum: 1, description: "the task's place in its session's completion order, once terminal" }
 """#
 }

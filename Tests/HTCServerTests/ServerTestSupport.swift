@@ -132,12 +132,15 @@ struct TaskJSON: Decodable, Sendable {
     var output_size: Int?
     var output_url: String?
     var last_error: String?
+    var sequence: Int?
 }
 
 struct PageJSON<Item: Decodable & Sendable>: Decodable, Sendable {
     var items: [Item]
     var next: String?
     var has_more: Bool
+    var complete: Bool?
+    var task_count: Int?
 }
 
 struct ErrorJSON: Decodable {

@@ -67,6 +67,8 @@ public final class Agent: Sendable {
     private let state = Mutex(State())
     /// Wakes the work loop when a slot frees up or the agent is asked to stop.
     private let wake = WakeSignal()
+    /// Finished by ``stop()``: ends a lease call that waits for messages.
+    private let stopped = WakeSignal()
     /// Wakes the flush loop when outcomes are waiting to be stored.
     private let flushes = WakeSignal()
     private let counters = GridCounters()
@@ -106,6 +108,7 @@ public final class Agent: Sendable {
     public func stop() {
         state.withLock { $0.stopping = true }
         wake.signal()
+        stopped.finish()
     }
 
     /// Runs the agent until ``stop()`` (graceful) or cancellation (immediate).
@@ -190,18 +193,38 @@ public final class Agent: Sendable {
         }
     }
 
+    /// One lease call that may wait up to ``AgentConfiguration/pollWait`` for messages, ended early by
+    /// ``stop()``; messages it got while the agent was stopping are given back at once.
+    private func waitingLease(max: Int, order: PriorityOrder) async throws -> [Lease] {
+        let queue = backends.queue
+        let duration = configuration.leaseDuration
+        let wait = configuration.pollWait
+        guard wait > .zero else { return try await queue.lease(max: max, duration: duration, order: order, wait: .zero) }
+        let leases = try await withThrowingTaskGroup(of: [Lease]?.self) { group in
+            group.addTask { try await queue.lease(max: max, duration: duration, order: order, wait: wait) }
+            group.addTask {
+                await self.stopped.wait()
+                return nil
+            }
+            var leases: [Lease] = []
+            // The first to end decides; the lease call, cancelled by a stop, may still bring messages.
+            if let first = try await group.next(), let got = first { leases = got }
+            group.cancelAll()
+            while let next = try? await group.next() { if let got = next { leases += got } }
+            return leases
+        }
+        guard state.withLock({ $0.stopping }), !leases.isEmpty else { return leases }
+        try? await queue.release(leases, delay: .zero)
+        return []
+    }
+
     private func leaseAndClaim(max: Int) async throws -> [(Owned, [UInt8])] {
         let order: PriorityOrder = state.withLock { state in
             state.leaseCalls += 1
             let guardEvery = configuration.starvationGuard
             return guardEvery > 0 && state.leaseCalls % guardEvery == 0 ? .lowestFirst : .highestFirst
         }
-        let leases = try await backends.queue.lease(
-            max: max,
-            duration: configuration.leaseDuration,
-            order: order,
-            wait: configuration.pollWait
-        )
+        let leases = try await waitingLease(max: max, order: order)
         guard !leases.isEmpty else { return [] }
 
         var byID: [TaskID: Lease] = [:]

@@ -14,7 +14,10 @@ public struct AgentConfiguration: Sendable {
     /// others' sessions are read, so a cancelled session's tasks stop within one interval. Must be at
     /// most half the ``leaseDuration``. Default 5 s.
     public var heartbeatInterval: Duration
-    /// How long one lease call may wait for messages (long poll) when the queue supports it. Default 0.
+    /// How long one lease call may wait for messages when none is ready: queues that are told of new
+    /// messages (Redis, PostgreSQL, SQLite) return within a millisecond of an enqueue, SQS long-polls
+    /// (at most 20 s per request), and the in-memory queue answers at once. ``Agent/stop()`` ends a
+    /// waiting call at once. Default 20 s: an idle agent costs one request per 20 s on SQS.
     public var pollWait: Duration
     /// Back-off after an empty lease: starts at the lower bound, doubles up to the upper. Default 2–200 ms.
     public var idleBackoff: ClosedRange<Duration>
@@ -40,7 +43,7 @@ public struct AgentConfiguration: Sendable {
         leaseBatchSize: Int = 256,
         leaseDuration: Duration = .seconds(30),
         heartbeatInterval: Duration = .seconds(5),
-        pollWait: Duration = .zero,
+        pollWait: Duration = .seconds(20),
         idleBackoff: ClosedRange<Duration> = .milliseconds(2) ... .milliseconds(200),
         starvationGuard: Int = 10,
         inlineOutputLimit: Int = 8 * 1024,

@@ -280,18 +280,71 @@ public struct GridClient: Sendable {
         guard state == .finished else {
             return Page(items: page.items.map { TaskResult(record: $0, output: nil) }, next: page.next)
         }
+        let items = try await withOutputs(page.items, maxOutputBytes: maxOutputBytes)
+        guard items.count == page.items.count else {
+            return Page(items: items, next: items.last.map { IntegerCursor.make($0.record.id.index) })
+        }
+        return Page(items: items, next: page.next)
+    }
+
+    /// Reads a session's results in the order the tasks became terminal (their
+    /// ``TaskRecord/completionSequence``), after the number `after`, with the outputs of finished tasks
+    /// (unless `outputs` is false) up to about `maxOutputBytes`.
+    ///
+    /// With a positive `wait`, a call that finds nothing new waits up to `wait` for the next completion
+    /// (woken by the state store, see ``StateStore/waitForCompletions(_:after:timeout:)``) and reads
+    /// again. ``CompletionPage/next`` is the cursor to pass next: the cursor never skips nor repeats a
+    /// task, also across processes, restarts and backends' lagging indexes.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a negative `after` or a `limit` below 1;
+    ///   ``GridError/Code/notFound`` for an unknown session, or when a finished task's output is
+    ///   missing; ``GridError/Code/unavailable``.
+    public func completions(
+        _ session: SessionID, after: Int = 0, limit: Int = 1_000, outputs: Bool = true, maxOutputBytes: Int = .max, wait: Duration = .zero
+    ) async throws -> CompletionPage {
+        var records = try await backends.state.completions(session, after: after, limit: limit)
+        if records.isEmpty && wait > .zero {
+            if try await backends.state.waitForCompletions(session, after: after, timeout: wait) {
+                records = try await backends.state.completions(session, after: after, limit: limit)
+            }
+        }
+        var items: [TaskResult]
+        if outputs {
+            items = try await withOutputs(records, maxOutputBytes: maxOutputBytes)
+        } else {
+            items = records.map { TaskResult(record: $0, output: nil) }
+        }
+        let next = items.last?.record.completionSequence ?? after
+        // Whether the session is complete matters only once the reader has caught up.
+        var taskCount: Int?
+        if items.count < limit { taskCount = try await backends.state.session(session).taskCount }
+        return CompletionPage(items: items, next: next, taskCount: taskCount)
+    }
+
+    /// The outputs of `records`, in order: those of finished tasks from the record or the payload store,
+    /// `nil` for the others. Outputs are read in batches sized by the outputs already read (16 to 1,000);
+    /// once they reach `maxOutputBytes` the answer ends early (after at least one task), so neither it nor
+    /// the memory it takes grows with the number of records.
+    ///
+    /// - Throws: ``GridError/Code/notFound`` if a finished task's output is missing from the payload
+    ///   store; ``GridError/Code/unavailable``.
+    private func withOutputs(_ records: [TaskRecord], maxOutputBytes: Int) async throws -> [TaskResult] {
         var items: [TaskResult] = []
-        items.reserveCapacity(page.items.count)
+        items.reserveCapacity(records.count)
         var bytes = 0
-        var start = page.items.startIndex
-        while start < page.items.endIndex {
+        var start = records.startIndex
+        while start < records.endIndex {
             // A few outputs first; then as many as the outputs seen so far say fit in what is left.
             var count = 16
             if !items.isEmpty { count = min(1_000, max(16, (maxOutputBytes - bytes) / max(1, bytes / items.count))) }
-            let batch = page.items[start..<min(start + count, page.items.endIndex)]
-            let externalKeys = batch.filter { $0.output == nil }.map { PayloadKey.output(of: $0) }
+            let batch = records[start..<min(start + count, records.endIndex)]
+            let externalKeys = batch.filter { $0.state == .finished && $0.output == nil }.map { PayloadKey.output(of: $0) }
             let external = externalKeys.isEmpty ? [:] : try await backends.payloads.get(externalKeys)
             for record in batch {
+                guard record.state == .finished else {
+                    items.append(TaskResult(record: record, output: nil))
+                    continue
+                }
                 let output: [UInt8]
                 if let inline = record.output {
                     output = inline
@@ -300,23 +353,23 @@ public struct GridClient: Sendable {
                 } else {
                     throw GridError.notFound("output of finished task \(record.id) is missing from the payload store")
                 }
-                if !items.isEmpty && bytes + output.count > maxOutputBytes {
-                    return Page(items: items, next: items.last.map { IntegerCursor.make($0.record.id.index) })
-                }
+                if !items.isEmpty && bytes + output.count > maxOutputBytes { return items }
                 bytes += output.count
                 items.append(TaskResult(record: record, output: output))
             }
             start = batch.endIndex
         }
-        return Page(items: items, next: page.next)
+        return items
     }
 
-    /// Waits until every task of the session is terminal, polling its counts.
+    /// Waits until every task of the session is terminal, woken by the state store's completions
+    /// (``StateStore/waitForCompletions(_:after:timeout:)``) rather than by polling its counts.
     ///
     /// - Parameters:
     ///   - expected: the number of tasks to wait for; the session's task count when `nil`.
+    ///   - pollInterval: how often `progress` is called while tasks remain.
     ///   - timeout: give up after this long; wait for ever when `nil`.
-    ///   - progress: called with the counts after every poll.
+    ///   - progress: called with the counts at the start, every `pollInterval` and at the end.
     /// - Returns: the final counts.
     /// - Throws: ``GridError/Code/timeout``; ``GridError/Code/unavailable``; `CancellationError`.
     @discardableResult
@@ -329,15 +382,21 @@ public struct GridClient: Sendable {
     ) async throws -> StateCounts {
         let total: Int
         if let expected { total = expected } else { total = try await backends.state.session(session).taskCount }
-        let deadline = timeout.map { clock.now.addingTimeInterval($0.timeInterval) }
+        let deadline = timeout.map { ContinuousClock.now + $0 }
         while true {
             let counts = try await backends.state.counts(session)
             progress(counts)
             if counts.terminal >= total { return counts }
-            if let deadline, clock.now >= deadline {
-                throw GridError(.timeout, "session \(session) has \(counts.terminal) of \(total) tasks terminal after the timeout")
+            var pause = pollInterval
+            if let deadline {
+                let remaining = deadline - ContinuousClock.now
+                guard remaining > .zero else {
+                    throw GridError(.timeout, "session \(session) has \(counts.terminal) of \(total) tasks terminal after the timeout")
+                }
+                pause = min(pause, remaining)
             }
-            try await clock.sleep(for: pollInterval)
+            // Woken when the last task completes, or after the pause for the next progress report.
+            _ = try await backends.state.waitForCompletions(session, after: total - 1, timeout: pause)
         }
     }
 
