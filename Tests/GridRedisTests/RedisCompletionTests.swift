@@ -140,8 +140,11 @@ func theSubscriberSurvivesADroppedConnection() async throws {
         waiting.client.subscriber.connectionsOpened > opened && waiting.client.subscriber.parked(on: waiting.arrivals) == 1
     }
     let task = TaskID(session: SessionID.random(), index: 0)
+    let enqueuedAt = ContinuousClock.now
     try await writer.enqueue([QueuedTask(id: task, priority: 0)])
     #expect(try await lease.value.map(\.id) == [task], "woken through the new connection")
+    let latency = ContinuousClock.now - enqueuedAt
+    #expect(latency < .seconds(2), "woken by the publish, not by a look (\(latency))")
 }
 
 // MARK: Helpers
