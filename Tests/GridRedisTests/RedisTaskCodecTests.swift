@@ -17,7 +17,9 @@ import Testing
     )
     let bare = TaskRecord(id: TaskID(session: session, index: 0), submittedAt: base)
     let empty = TaskRecord(id: TaskID(session: session, index: 1), state: .finished, submittedAt: base, completedAt: base, output: [])
-    for record in [full, bare, empty] {
+    let numbered = TaskRecord(
+        id: TaskID(session: session, index: 2), state: .cancelled, submittedAt: base, completedAt: base, completionSequence: 1_000_000)
+    for record in [full, bare, empty, numbered] {
         #expect(try RedisTaskCodec.decode(record.id, RedisTaskCodec.encode(record)) == record)
     }
 }

@@ -38,6 +38,9 @@ struct RedisScriptCall: Sendable {
 /// replaced on next use; while Redis stays unreachable, attempts are spaced by an exponential backoff
 /// (50 ms doubling up to 2 s) and calls fail fast with ``GridError/Code/unavailable``, which the engine
 /// retries. No thread ever blocks: I/O runs on SwiftNIO's event loops.
+///
+/// Waiters (a lease or a completion wait) share one more connection, the ``RedisSubscriber``, opened
+/// by the first of them; ``close()`` closes it too, and so does releasing the client.
 public actor RedisClient {
     private let configuration: RedisConfiguration
     private let group: any EventLoopGroup
@@ -49,6 +52,8 @@ public actor RedisClient {
     private var shas: [String: String] = [:]
     /// How many writes (round trips) this pool has made; lets tests check that batches are batched.
     private(set) var roundTrips = 0
+    /// The pub/sub connection that wakes this process' waiters.
+    nonisolated let subscriber: RedisSubscriber
 
     /// Creates a pool; connections are opened on first use.
     public init(_ configuration: RedisConfiguration, logger: Logger = Logger(label: "htc.redis")) {
@@ -56,6 +61,11 @@ public actor RedisClient {
         self.group = MultiThreadedEventLoopGroup.singleton
         self.logger = logger
         connections = Array(repeating: nil, count: max(1, configuration.poolSize))
+        subscriber = RedisSubscriber(configuration, group: group, logger: logger)
+    }
+
+    deinit {
+        subscriber.close()
     }
 
     /// The configuration the pool was made with.
@@ -146,8 +156,9 @@ public actor RedisClient {
         return replies
     }
 
-    /// Closes every connection.
+    /// Closes every connection, the subscriber's included.
     public func close() {
+        subscriber.close()
         for case let connection? in connections { connection.close() }
         connections = Array(repeating: nil, count: connections.count)
     }

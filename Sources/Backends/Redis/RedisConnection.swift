@@ -16,11 +16,16 @@ final class RedisConnection: Sendable {
     /// Whether the channel is still open.
     var isActive: Bool { channel.isActive }
 
-    /// Connects, speaks TLS if configured, authenticates and selects the database.
+    /// Connects, speaks TLS if configured, authenticates and selects the database. With `onMessage`,
+    /// the connection is a subscriber's: published messages go to it (see ``RedisReplyHandler``), and
+    /// `onClose` is called when the connection closes.
     ///
     /// - Throws: ``GridError/Code/unavailable`` if Redis cannot be reached; ``GridError/Code/unauthorized``
     ///   if it refuses the credentials; ``GridError/Code/invalidArgument`` for a bad CA file.
-    static func connect(_ configuration: RedisConfiguration, group: any EventLoopGroup) async throws -> RedisConnection {
+    static func connect(
+        _ configuration: RedisConfiguration, group: any EventLoopGroup, onMessage: (@Sendable (String, [UInt8]) -> Void)? = nil,
+        onClose: (@Sendable () -> Void)? = nil
+    ) async throws -> RedisConnection {
         let sslContext: NIOSSLContext?
         if configuration.tls {
             do {
@@ -45,7 +50,7 @@ final class RedisConnection: Sendable {
                         let serverName = host.first?.isNumber == true ? nil : host
                         try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: serverName))
                     }
-                    try channel.pipeline.syncOperations.addHandler(RedisReplyHandler())
+                    try channel.pipeline.syncOperations.addHandler(RedisReplyHandler(onMessage: onMessage, onClose: onClose))
                 }
             }
         let channel: any Channel
@@ -78,14 +83,21 @@ final class RedisConnection: Sendable {
     ///
     /// - Throws: ``GridError/Code/unavailable`` if the connection breaks first.
     func send(_ commands: [RedisCommand]) async throws -> [RedisValue] {
-        guard !commands.isEmpty else { return [] }
+        try await write(commands).get()
+    }
+
+    /// Writes commands at once and returns the future of their replies. Writes made one after the
+    /// other outside the channel's event loop (from Swift tasks) reach Redis in that order: each is
+    /// queued on the loop.
+    func write(_ commands: [RedisCommand]) -> EventLoopFuture<[RedisValue]> {
+        guard !commands.isEmpty else { return channel.eventLoop.makeSucceededFuture([]) }
         var buffer = channel.allocator.buffer(capacity: 256)
         for command in commands { RedisProtocol.encode(command, into: &buffer) }
         let promise = channel.eventLoop.makePromise(of: [RedisValue].self)
         channel.writeAndFlush(RedisRequest(buffer: buffer, count: commands.count, promise: promise)).whenFailure { error in
             promise.fail(GridError.unavailable("cannot write to Redis", backend: "redis", underlying: error))
         }
-        return try await promise.futureResult.get()
+        return promise.futureResult
     }
 
     /// Closes the channel; pending commands fail with ``GridError/Code/unavailable``.

@@ -78,6 +78,11 @@ struct RedisRequest: Sendable {
 /// Pipelines requests on one connection: writes them as they come and completes them in FIFO order
 /// as replies arrive (Redis answers the commands of one connection in order).
 ///
+/// On a subscriber connection (`onMessage` given), a reply `["message", channel, payload]` is a
+/// published message, not the answer to a command: it goes to `onMessage`. Only such a connection may
+/// take it so, since there the only commands sent are `AUTH`, `SELECT` and `(UN)SUBSCRIBE`, whose
+/// answers never look like it; on others the same array can be the answer to e.g. `LRANGE`.
+///
 /// Isolation: lives on its channel's event loop, like every NIO handler; the hiredis reader it owns is
 /// touched only there and freed in `deinit`.
 final class RedisReplyHandler: ChannelDuplexHandler {
@@ -94,9 +99,15 @@ final class RedisReplyHandler: ChannelDuplexHandler {
     private let reader: UnsafeMutablePointer<redisReader>
     private var pending = CircularBuffer<Pending>()
     private var failure: (any Error)?
+    private let onMessage: (@Sendable (String, [UInt8]) -> Void)?
+    private let onClose: (@Sendable () -> Void)?
 
-    init() {
+    /// A handler; `onMessage` (channel, payload) makes it a subscriber connection's, and `onClose` is
+    /// called once the connection closed.
+    init(onMessage: (@Sendable (String, [UInt8]) -> Void)? = nil, onClose: (@Sendable () -> Void)? = nil) {
         reader = redisReaderCreate()
+        self.onMessage = onMessage
+        self.onClose = onClose
     }
 
     deinit {
@@ -133,6 +144,10 @@ final class RedisReplyHandler: ChannelDuplexHandler {
             guard let raw else { break }
             let value = RedisProtocol.value(of: raw.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(raw)
+            if let onMessage, case .array(let items) = value, items.count == 3, items[0].string == "message", let channel = items[1].string {
+                onMessage(channel, items[2].bytes ?? [])
+                continue
+            }
             guard !pending.isEmpty else { return fail(context: context, "Redis sent a reply nobody asked for") }
             pending[pending.startIndex].replies.append(value)
             if pending[pending.startIndex].replies.count == pending[pending.startIndex].count {
@@ -144,6 +159,7 @@ final class RedisReplyHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         failAll(GridError.unavailable("the connection to Redis closed", backend: "redis"))
+        onClose?()
         context.fireChannelInactive()
     }
 

@@ -40,12 +40,15 @@ enum RedisScripts {
           ready[#ready + 1] = id
         end
         for prio, ready in pairs(seen) do redis.call('ZADD', q..':ready:'..prio, unpack(ready)) end
+        redis.call('PUBLISH', q..':arrivals', n)
         return last
         """)
 
     /// Makes due leased/delayed messages ready (keeping their FIFO position), then leases up to max.
     /// ARGV: now, lease expiry, max, order "h"/"l", token prefix (unique per call).
-    /// Returns n × (message id, task id, priority, payload or nil, delivery count, token).
+    /// Returns n × (message id, task id, priority, payload or nil, delivery count, token); when it leased
+    /// nothing, {due} instead: the earliest time (text) a leased or delayed message becomes ready again,
+    /// or {} when there is none, so that a waiting caller knows when to look again without a message.
     ///
     /// Idempotent: the ids a call leased are kept for a minute under its token prefix, so a call sent
     /// again after a broken connection gets the same leases instead of hiding more messages.
@@ -122,6 +125,14 @@ enum RedisScripts {
           redis.call('RPUSH', call, unpack(ids))
           redis.call('EXPIRE', call, 60)
         end
+        if #out == 0 then
+          local due
+          for _, set in ipairs({':leased', ':delayed'}) do
+            local first = redis.call('ZRANGE', q..set, 0, 0, 'WITHSCORES')
+            if first[2] and (not due or tonumber(first[2]) < tonumber(due)) then due = first[2] end
+          end
+          if due then return {due} end
+        end
         return out
         """)
 
@@ -170,6 +181,7 @@ enum RedisScripts {
             done = done + 1
           end
         end
+        if done > 0 and ARGV[1] == '' then redis.call('PUBLISH', q..':arrivals', done) end
         return done
         """)
 
@@ -208,11 +220,23 @@ enum RedisScripts {
     /// A task record is one string, a MessagePack array (``RedisTaskCodec``): `load` and `save` turn it
     /// into a Lua table and back with Redis' `cmsgpack`; `false` marks an absent value. Positions:
     /// S state, O owner, L lease expiry, R retries, M max retries, E last error, C completed, ST
-    /// started, OUT output, CT claim token, A attempt. Each transition translates one rule of
-    /// GridKernel's TaskRules.swift; `held` is its fencing: processing, same owner, same attempt.
+    /// started, OUT output, CT claim token, A attempt, Q completion number. Each transition translates
+    /// one rule of GridKernel's TaskRules.swift; `held` is its fencing: processing, same owner, same
+    /// attempt.
+    ///
+    /// Counters and completion order, kept by the same script as the transition (so exact whatever
+    /// crashes or is repeated): `counts` is a hash of tasks per state plus the marker `counted`;
+    /// `order` is the list of task indices in completion order, so its length is the last completion
+    /// number and the task numbered n is at position n − 1. `tally` notes a move between states,
+    /// `number` gives a task that just became terminal the next number; `commit` writes both at the
+    /// end of the script (one `HINCRBY` per state changed, one `RPUSH` per 1,000 tasks) and publishes
+    /// the last number on the channel `base:done` once. `upgrade` counts and numbers a session that
+    /// the previous version wrote (no `counted` marker): every transition script calls it first.
     private static let prelude = """
         local base = KEYS[1]
-        local S, O, L, R, M, ST, C, E, OUT, CT, A = 1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 14
+        local S, O, L, R, M, ST, C, E, OUT, CT, A, Q = 1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 14, 15
+        local STATES = {'pending', 'processing', 'finished', 'failed', 'cancelled'}
+        local counts, order = base..':counts', base..':order'
         local function tkey(i) return base..':t:'..i end
         local function load(i)
           local v = redis.call('GET', tkey(i))
@@ -224,9 +248,74 @@ enum RedisScripts {
           redis.call('SET', tkey(i), v)
           return v
         end
+        local function terminal(s) return s == 'finished' or s == 'failed' or s == 'cancelled' end
+        local delta, numbered, last = {}, {}, nil
+        local function tally(from, to, n)
+          n = n or 1
+          if from then delta[from] = (delta[from] or 0) - n end
+          delta[to] = (delta[to] or 0) + n
+        end
+        -- Records of older versions have fewer positions; a table with a hole would pack as a map.
+        local function pad(t)
+          for k = 1, Q - 1 do if t[k] == nil then t[k] = false end end
+          if not t[A] then t[A] = 0 end
+        end
+        local function number(i, t)
+          if not last then last = redis.call('LLEN', order) end
+          last = last + 1
+          pad(t)
+          t[Q] = last
+          numbered[#numbered + 1] = i
+        end
+        local function commit()
+          for s, d in pairs(delta) do
+            if d ~= 0 then redis.call('HINCRBY', counts, s, d) end
+          end
+          for j = 1, #numbered, 1000 do
+            redis.call('RPUSH', order, unpack(numbered, j, math.min(j + 999, #numbered)))
+          end
+          if #numbered > 0 then redis.call('PUBLISH', base..':done', last) end
+        end
+        local function upgrade()
+          if redis.call('HEXISTS', counts, 'counted') == 1 then return end
+          if redis.call('EXISTS', base..':info') == 0 then return end
+          local fields, done = {'counted', 1}, {}
+          for _, state in ipairs(STATES) do
+            local index = base..':state:'..state
+            fields[#fields + 1] = state
+            fields[#fields + 1] = redis.call('ZCARD', index)
+            if terminal(state) then
+              for _, i in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+                local t = load(i)
+                if t then done[#done + 1] = {tonumber(t[C]) or 0, tonumber(i), i, t} end
+              end
+            end
+          end
+          table.sort(done, function(a, b)
+            if a[1] ~= b[1] then return a[1] < b[1] end
+            return a[2] < b[2]
+          end)
+          redis.call('DEL', order)
+          local ids = {}
+          for n, entry in ipairs(done) do
+            local t = entry[4]
+            pad(t)
+            t[Q] = n
+            redis.call('SET', tkey(entry[3]), cmsgpack.pack(t), 'KEEPTTL')
+            ids[n] = entry[3]
+          end
+          for j = 1, #ids, 1000 do redis.call('RPUSH', order, unpack(ids, j, math.min(j + 999, #ids))) end
+          redis.call('HSET', counts, unpack(fields))
+          local ttl = redis.call('PTTL', base..':info')
+          if ttl > 0 then
+            redis.call('PEXPIRE', counts, ttl)
+            if #ids > 0 then redis.call('PEXPIRE', order, ttl) end
+          end
+        end
         local function move(i, from, to)
           redis.call('ZREM', base..':state:'..from, i)
           redis.call('ZADD', base..':state:'..to, i, i)
+          tally(from, to)
         end
         -- Every transition out of processing clears what only a running attempt has (TaskRules).
         local function unhold(t, state)
@@ -247,6 +336,7 @@ enum RedisScripts {
           end
           unhold(t, 'failed')
           t[C] = at
+          number(i, t)
           save(i, t)
           move(i, 'processing', 'failed')
           return 'failed'
@@ -264,6 +354,7 @@ enum RedisScripts {
           local s = t[S]
           unhold(t, 'cancelled')
           t[C] = at
+          number(i, t)
           save(i, t)
           redis.call('ZREM', base..':leases', i)
           move(i, s, 'cancelled')
@@ -276,6 +367,7 @@ enum RedisScripts {
     static let createSession = RedisScript(name: "state.createSession", source: prelude + """
         if redis.call('EXISTS', base..':info') == 1 then return 0 end
         redis.call('HSET', base..':info', unpack(ARGV))
+        redis.call('HSET', counts, 'counted', 1)
         return 1
         """)
 
@@ -296,7 +388,9 @@ enum RedisScripts {
           redis.call('PERSIST', info)
           redis.call('PERSIST', base..':leases')
           redis.call('PERSIST', subs)
-          for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+          redis.call('PERSIST', counts)
+          redis.call('PERSIST', order)
+          for _, state in ipairs(STATES) do
             redis.call('PERSIST', base..':state:'..state)
           end
         end
@@ -356,20 +450,31 @@ enum RedisScripts {
         redis.call('EXPIRE', info, ARGV[1])
         redis.call('EXPIRE', base..':leases', ARGV[1])
         redis.call('EXPIRE', base..':subs', ARGV[1])
-        for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+        redis.call('EXPIRE', counts, ARGV[1])
+        redis.call('EXPIRE', order, ARGV[1])
+        for _, state in ipairs(STATES) do
           redis.call('EXPIRE', base..':state:'..state, ARGV[1])
         end
         return 1
         """)
 
-    /// ARGV: groups (index, state, lease score or "", packed record). Existing tasks are left alone (`SET NX`).
+    /// ARGV: groups (index, state, lease score or "", packed record). Existing tasks are left alone
+    /// (`SET NX`); only the tasks created are counted, and those created terminal (an interrupted
+    /// submission's tasks, failed or cancelled by the reaper) are numbered.
     static let createTasks = RedisScript(name: "state.createTasks", source: prelude + """
+        upgrade()
         local n = 1
         local created = 0
         local byState = {}
         while n <= #ARGV do
           local i, s, lease = ARGV[n], ARGV[n + 1], ARGV[n + 2]
           if redis.call('SET', tkey(i), ARGV[n + 3], 'NX') then
+            tally(nil, s)
+            if terminal(s) then
+              local t = cmsgpack.unpack(ARGV[n + 3])
+              number(i, t)
+              save(i, t)
+            end
             local list = byState[s]
             if not list then list = {}; byState[s] = list end
             list[#list + 1] = i
@@ -380,6 +485,7 @@ enum RedisScripts {
           n = n + 4
         end
         for s, list in pairs(byState) do bulk('ZADD', base..':state:'..s, list) end
+        commit()
         return created
         """)
 
@@ -390,6 +496,7 @@ enum RedisScripts {
     /// claimed it (position CT), so the same call sent again after a broken connection wins the tasks it
     /// had won, unchanged; any other call does not.
     static let claim = RedisScript(name: "state.claim", source: prelude + """
+        upgrade()
         local owner, lease, now, call = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
         local out, won, processing, leases = {}, {}, {}, {}
         for n = 5, #ARGV do
@@ -420,6 +527,8 @@ enum RedisScripts {
         bulk('ZREM', base..':state:pending', won)
         bulk('ZADD', base..':state:processing', processing)
         bulk('ZADD', base..':leases', leases)
+        tally('pending', 'processing', #won)
+        commit()
         return out
         """)
 
@@ -445,6 +554,7 @@ enum RedisScripts {
     /// ARGV: owner, pairs (index, attempt). Puts the held attempts back to pending (no retry charged).
     /// Returns the indices released.
     static let releaseTasks = RedisScript(name: "state.release", source: prelude + """
+        upgrade()
         local owner = ARGV[1]
         local out, pending = {}, {}
         for n = 2, #ARGV, 2 do
@@ -461,11 +571,14 @@ enum RedisScripts {
         bulk('ZREM', base..':leases', out)
         bulk('ZREM', base..':state:processing', out)
         bulk('ZADD', base..':state:pending', pending)
+        tally('processing', 'pending', #out)
+        commit()
         return out
         """)
 
     /// ARGV: owner, at, quadruples (index, attempt, has output "1"/"0", output). Returns the indices finished.
     static let finish = RedisScript(name: "state.finish", source: prelude + """
+        upgrade()
         local owner, at = ARGV[1], ARGV[2]
         local out, finished = {}, {}
         for n = 3, #ARGV, 4 do
@@ -476,6 +589,7 @@ enum RedisScripts {
             t[C] = at
             t[E] = false
             if ARGV[n + 2] == '1' then t[OUT] = ARGV[n + 3] else t[OUT] = false end
+            number(i, t)
             save(i, t)
             finished[#finished + 1] = i
             finished[#finished + 1] = i
@@ -485,12 +599,15 @@ enum RedisScripts {
         bulk('ZREM', base..':leases', out)
         bulk('ZREM', base..':state:processing', out)
         bulk('ZADD', base..':state:finished', finished)
+        tally('processing', 'finished', #out)
+        commit()
         return out
         """)
 
     /// ARGV: owner, at, quadruples (index, attempt, message, retryable "1"/"0"). Returns pairs (index,
     /// new state).
     static let fail = RedisScript(name: "state.fail", source: prelude + """
+        upgrade()
         local owner, at = ARGV[1], ARGV[2]
         local out = {}
         for n = 3, #ARGV, 4 do
@@ -501,11 +618,13 @@ enum RedisScripts {
             out[#out + 1] = afterFailure(i, t, ARGV[n + 2], ARGV[n + 3] == '1', at)
           end
         end
+        commit()
         return out
         """)
 
     /// ARGV: now, indices…. Returns pairs (index, new state) of the tasks reaped.
     static let expire = RedisScript(name: "state.expire", source: prelude + """
+        upgrade()
         local now = ARGV[1]
         local out = {}
         for n = 2, #ARGV do
@@ -516,11 +635,13 @@ enum RedisScripts {
             out[#out + 1] = afterFailure(i, t, 'lease expired', true, now)
           end
         end
+        commit()
         return out
         """)
 
     /// ARGV: at, pairs (index, message). Returns the indices failed.
     static let forceFail = RedisScript(name: "state.forceFail", source: prelude + """
+        upgrade()
         local at = ARGV[1]
         local out = {}
         for n = 2, #ARGV, 2 do
@@ -531,22 +652,26 @@ enum RedisScripts {
             unhold(t, 'failed')
             t[C] = at
             t[E] = ARGV[n + 1]
+            number(i, t)
             save(i, t)
             redis.call('ZREM', base..':leases', i)
             move(i, s, 'failed')
             out[#out + 1] = i
           end
         end
+        commit()
         return out
         """)
 
     /// ARGV: at, indices…. Returns {pending, processing} counts of the tasks cancelled.
     static let cancel = RedisScript(name: "state.cancel", source: prelude + """
+        upgrade()
         local p, r = 0, 0
         for n = 2, #ARGV do
           local s = cancelOne(ARGV[n], ARGV[1])
           if s == 'pending' then p = p + 1 elseif s == 'processing' then r = r + 1 end
         end
+        commit()
         return {p, r}
         """)
 
@@ -555,6 +680,7 @@ enum RedisScripts {
     static let cancelSession = RedisScript(name: "state.cancelSession", source: prelude + """
         local info = base..':info'
         if redis.call('EXISTS', info) == 0 then return {-1} end
+        upgrade()
         redis.call('HSET', info, 'cancelled', '1')
         local p, r = 0, 0
         for _, state in ipairs({'pending', 'processing'}) do
@@ -563,6 +689,7 @@ enum RedisScripts {
             if s == 'pending' then p = p + 1 elseif s == 'processing' then r = r + 1 end
           end
         end
+        commit()
         return {p, r}
         """)
 
@@ -574,7 +701,7 @@ enum RedisScripts {
         if redis.call('EXISTS', info) == 0 then return {-1} end
         local limit = tonumber(ARGV[1])
         local removed = 0
-        for _, state in ipairs({'pending', 'processing', 'finished', 'failed', 'cancelled'}) do
+        for _, state in ipairs(STATES) do
           local index = base..':state:'..state
           while removed < limit do
             local ids = redis.call('ZRANGE', index, 0, math.min(999, limit - removed - 1))
@@ -587,7 +714,7 @@ enum RedisScripts {
           end
         end
         if removed < limit then
-          redis.call('DEL', info, base..':leases', base..':subs')
+          redis.call('DEL', info, base..':leases', base..':subs', counts, order)
           return {removed, 1}
         end
         return {removed, 0}
@@ -599,6 +726,30 @@ enum RedisScripts {
         for _, i in ipairs(redis.call('ZRANGEBYSCORE', base..':state:'..ARGV[1], ARGV[2], '+inf', 'LIMIT', 0, ARGV[3])) do
           out[#out + 1] = i
           out[#out + 1] = redis.call('GET', tkey(i))
+        end
+        return out
+        """)
+
+    /// Upgrades a session the previous version wrote (see `upgrade`), then returns its counts hash
+    /// (`HGETALL`); empty for an unknown session.
+    static let counts = RedisScript(name: "state.counts", source: prelude + """
+        upgrade()
+        return redis.call('HGETALL', counts)
+        """)
+
+    /// ARGV: after, limit. Returns pairs (index, packed record) of the tasks numbered after+1 … after+limit
+    /// (one `LRANGE` of the completion order, one `GET` per task); records gone with their retention
+    /// period are left out.
+    static let completions = RedisScript(name: "state.completions", source: prelude + """
+        upgrade()
+        local first = tonumber(ARGV[1])
+        local out = {}
+        for _, i in ipairs(redis.call('LRANGE', order, first, first + tonumber(ARGV[2]) - 1)) do
+          local v = redis.call('GET', tkey(i))
+          if v then
+            out[#out + 1] = i
+            out[#out + 1] = v
+          end
         end
         return out
         """)

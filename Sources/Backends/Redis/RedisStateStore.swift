@@ -5,22 +5,34 @@ import GridKernel
 ///
 /// Each task is one string `prefix:{session}:t:<index>`, the record packed as MessagePack
 /// (``RedisTaskCodec``: a transition is one `GET` and one `SET`, whatever the number of fields). A
-/// session's tasks are also indexed per state in sorted sets scored by index (counts are `ZCARD`, pages
-/// are `ZRANGEBYSCORE`), and processing tasks in a sorted set scored by lease expiry, so expired leases
-/// are found without a scan. All keys of a
-/// session share the hash tag `{session}`. Every transition is a Lua script, one call per session per
-/// batch, the calls of a batch pipelined in one write (see ``RedisScripts``).
+/// session's tasks are also indexed per state in sorted sets scored by index (pages are
+/// `ZRANGEBYSCORE`), and processing tasks in a sorted set scored by lease expiry, so expired leases
+/// are found without a scan. The scripts that move tasks also keep the session's counts per state
+/// (the hash `prefix:{session}:counts`) and its completion order (the list `prefix:{session}:order`
+/// of task indices, the task numbered n at position n − 1), and publish the last completion number on
+/// the channel `prefix:{session}:done`. All keys of a session share the hash tag `{session}`. Every
+/// transition is a Lua script, one call per session per batch, the calls of a batch pipelined in one
+/// write (see ``RedisScripts``).
+///
+/// Sessions written by the previous version (no counters) are counted and numbered by the first
+/// script that touches them, reads included (see `upgrade` in ``RedisScripts``).
 ///
 /// Cursors: sessions page with the last session id, tasks with the last task index (``IntegerCursor``).
 public struct RedisStateStore: StateStore {
     let client: RedisClient
     private let prefix: String
+    /// The longest pause of ``waitForCompletions(_:after:timeout:)`` between two looks (real time)
+    /// while the subscriber connection is down; while it is up, the longest is 5 s or this if longer.
+    private let pollInterval: Duration
     private static let backend = "redis"
 
-    /// Creates a store under the client's key prefix.
-    public init(client: RedisClient) {
+    /// Creates a store under the client's key prefix; ``waitForCompletions(_:after:timeout:)`` looks at
+    /// least every `pollInterval` when the subscriber connection is down (and every 5 s, or
+    /// `pollInterval` if longer, when it is up: a safety net, since completions are published).
+    public init(client: RedisClient, pollInterval: Duration = .milliseconds(250)) {
         self.client = client
         self.prefix = client.settings.prefix
+        self.pollInterval = pollInterval
     }
 
     // MARK: Sessions
@@ -422,18 +434,54 @@ public struct RedisStateStore: StateStore {
         return records
     }
 
-    /// Counts a session's tasks by state (five `ZCARD`s in one round trip).
+    /// Counts a session's tasks by state: one `HGETALL` of the counters the scripts keep. A session the
+    /// previous version wrote (no `counted` marker) is upgraded first, by one more script call.
     ///
     /// - Throws: ``GridError/Code/unavailable``.
     public func counts(_ session: SessionID) async throws -> StateCounts {
-        let key = base(session)
-        let replies = try await client.send(TaskState.allCases.map { RedisCommand("ZCARD", key + ":state:" + $0.rawValue) }, idempotent: true)
+        var reply = try await client.send([RedisCommand("HGETALL", base(session) + ":counts")], idempotent: true)[0].checked()
+        var fields = Self.fields(reply)
+        if fields["counted"] == nil {
+            reply = try await client.run([RedisScriptCall(script: RedisScripts.counts, keys: [base(session)], arguments: [])], idempotent: true)[0]
+            fields = Self.fields(reply)
+        }
         var counts = StateCounts()
-        for (state, reply) in zip(TaskState.allCases, replies) {
-            if let count = try reply.checked().int, count > 0 { counts[state] = count }
+        for state in TaskState.allCases {
+            if let count = fields[state.rawValue]?.int, count > 0 { counts[state] = count }
         }
         return counts
     }
+
+    /// Reads a session's terminal tasks in completion order: one script call, an `LRANGE` of the
+    /// completion order and a `GET` per task returned.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a negative `sequence` or a `limit` below 1;
+    ///   ``GridError/Code/unavailable``.
+    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
+        try CompletionPolling.check(after: sequence, limit: limit, backend: Self.backend)
+        let call = RedisScriptCall(
+            script: RedisScripts.completions, keys: [base(session)], arguments: [RedisKeys.bytes(sequence), RedisKeys.bytes(limit)])
+        return try Self.records(session, try await client.run([call], idempotent: true)[0])
+    }
+
+    /// Waits until the session has a terminal task numbered above `sequence`: woken within a
+    /// millisecond by the scripts' publish on `prefix:{session}:done` (whatever process or connection
+    /// made the transition), looking at the counts after each wake; without the subscriber connection,
+    /// every `pollInterval`.
+    ///
+    /// - Returns: `true` when such a task exists; `false` at the timeout.
+    /// - Throws: `CancellationError` as soon as the waiting task is cancelled; ``GridError/Code/unavailable``.
+    public func waitForCompletions(_ session: SessionID, after sequence: Int, timeout: Duration) async throws -> Bool {
+        let found = try await client.subscriber.wait(
+            on: doneChannel(session), timeout: timeout, poll: pollInterval, livePoll: max(pollInterval, .seconds(5))
+        ) { () async throws -> (found: Bool?, again: Duration?) in
+            (try await counts(session).terminal > sequence ? true : nil, nil)
+        }
+        return found ?? false
+    }
+
+    /// The channel the scripts publish a session's last completion number on.
+    func doneChannel(_ session: SessionID) -> String { base(session) + ":done" }
 
     /// Pages through a session's tasks in one state, in index order.
     ///
@@ -455,11 +503,6 @@ public struct RedisStateStore: StateStore {
     /// the number of sessions kept, not with the number of tasks.
     ///
     /// - Throws: ``GridError/Code/unavailable``.
-    // ISSUE14-STUB: replaced by the backend's own completion order on its branch; never merged to main.
-    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
-        throw GridError(.internalError, "completion order not implemented yet")
-    }
-
     public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
         guard limit > 0 else { return [] }
         let ids = try await client.send([RedisCommand("ZRANGE", RedisKeys.sessions(prefix: prefix), "0", "-1")], idempotent: true)[0]
@@ -591,14 +634,20 @@ public struct RedisStateStore: StateStore {
         return records
     }
 
-    /// A session from `HGETALL` of its info hash; `nil` for an empty hash.
-    static func session(_ id: SessionID, _ reply: RedisValue) throws -> SessionRecord? {
+    /// The fields of an `HGETALL` reply.
+    static func fields(_ reply: RedisValue) -> [String: RedisValue] {
         let items = reply.elements
-        guard !items.isEmpty else { return nil }
         var map: [String: RedisValue] = [:]
         for start in stride(from: 0, to: items.count - 1, by: 2) {
             if let name = items[start].string { map[name] = items[start + 1] }
         }
+        return map
+    }
+
+    /// A session from `HGETALL` of its info hash; `nil` for an empty hash.
+    static func session(_ id: SessionID, _ reply: RedisValue) throws -> SessionRecord? {
+        let map = fields(reply)
+        guard !map.isEmpty else { return nil }
         guard let json = map["options"]?.bytes, let options = try? JSONDecoder().decode(SessionOptions.self, from: Data(json)),
             let created = RedisKeys.date(map["created"]?.string)
         else {

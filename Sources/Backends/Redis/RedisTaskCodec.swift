@@ -14,11 +14,13 @@ import GridKernel
 /// 6 priority, 7 timeout (seconds), 8 submitted, 9 started, 10 completed (dates as seconds since 1970,
 /// in text that reads back to the same `Double`), 11 last error, 12 inline output, 13 the token of the
 /// claim call that started the current attempt, 14 the attempt (records written before attempts were
-/// numbered have 13 positions: attempt 0). An absent value is `false` (Lua tables cannot hold `nil` in an array). Numbers are
-/// MessagePack integers; text and bytes are MessagePack strings (Lua strings are byte strings).
+/// numbered have 13 positions: attempt 0), 15 the completion number (``TaskRecord/completionSequence``;
+/// records of earlier versions have 14 positions until the scripts number them). An absent value is
+/// `false` (Lua tables cannot hold `nil` in an array). Numbers are MessagePack integers; text and bytes
+/// are MessagePack strings (Lua strings are byte strings).
 enum RedisTaskCodec {
     /// The number of positions.
-    static let count = 14
+    static let count = 15
 
     /// The packed record of a task.
     static func encode(_ record: TaskRecord) -> [UInt8] {
@@ -39,6 +41,7 @@ enum RedisTaskCodec {
         appendString(record.output, to: &out)
         appendString(record.claimToken.map { Array($0.rawValue.utf8) }, to: &out)
         appendInteger(record.attempt, to: &out)
+        if let sequence = record.completionSequence { appendInteger(sequence, to: &out) } else { out.append(0xc2) }
         return out
     }
 
@@ -63,7 +66,8 @@ enum RedisTaskCodec {
             startedAt: RedisKeys.date(fields[8].text), completedAt: RedisKeys.date(fields[9].text),
             lastError: fields[10].text, output: fields[11].bytes,
             attempt: fields.count > 13 ? fields[13].integer ?? 0 : 0,
-            claimToken: fields.count > 12 ? fields[12].text.flatMap { try? ClaimToken($0) } : nil
+            claimToken: fields.count > 12 ? fields[12].text.flatMap { try? ClaimToken($0) } : nil,
+            completionSequence: state.isTerminal && fields.count > 14 ? fields[14].integer : nil
         )
     }
 

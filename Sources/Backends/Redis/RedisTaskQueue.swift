@@ -10,20 +10,30 @@ import GridKernel
 ///
 /// A handle is `<message id>:<token>`; the token changes on every delivery, so a handle never acts
 /// on a later delivery of the same message.
+///
+/// A lease call with a positive `wait` is woken by the channel `{prefix:queue}:arrivals`, on which
+/// enqueue and release publish (see ``RedisSubscriber``): it returns within a millisecond of a
+/// message made ready by any process. It also looks again when the earliest leased or delayed
+/// message becomes due, and at least every `pollInterval` (the fallback when the subscriber
+/// connection is down).
 public struct RedisTaskQueue: TaskQueue {
     let client: RedisClient
     private let clock: any GridClock
     private let base: String
-    /// How often a lease call with a positive `wait` looks again when nothing was ready (real time).
+    /// The longest pause of a waiting lease call between two looks (real time).
     private let pollInterval: Duration
 
-    /// Creates a queue under the client's key prefix.
-    public init(client: RedisClient, clock: any GridClock = SystemClock(), pollInterval: Duration = .milliseconds(20)) {
+    /// Creates a queue under the client's key prefix; a waiting lease call looks at least every
+    /// `pollInterval` even when nothing is published.
+    public init(client: RedisClient, clock: any GridClock = SystemClock(), pollInterval: Duration = .milliseconds(250)) {
         self.client = client
         self.clock = clock
         self.base = RedisKeys.queue(prefix: client.settings.prefix)
         self.pollInterval = pollInterval
     }
+
+    /// The channel enqueue and release publish on.
+    var arrivals: String { base + ":arrivals" }
 
     /// Enqueues the tasks, in chunks of 1,000 per script call, all in one pipelined write.
     ///
@@ -46,25 +56,23 @@ public struct RedisTaskQueue: TaskQueue {
         _ = try await client.run(calls, idempotent: true)  // a repeated message is a harmless duplicate delivery
     }
 
-    /// Leases up to `max` messages; with a positive `wait`, polls every few milliseconds of real time
-    /// until something is ready or `wait` has passed.
+    /// Leases up to `max` messages; with a positive `wait` (real time), waits until something is ready
+    /// or `wait` has passed: woken by a publish on the arrivals channel, when a leased or delayed
+    /// message becomes due, and at least every `pollInterval`.
     ///
-    /// - Throws: ``GridError/Code/unavailable``; `CancellationError` if cancelled while waiting.
+    /// - Throws: ``GridError/Code/unavailable``; `CancellationError` as soon as it is cancelled while waiting.
     public func lease(max: Int, duration: Duration, order: PriorityOrder, wait: Duration) async throws -> [Lease] {
         guard max > 0 else { return [] }
-        let deadline = ContinuousClock.now.advanced(by: Swift.max(wait, .zero))
-        var interval = Duration.milliseconds(2)
-        while true {
-            let leases = try await leaseOnce(max: max, duration: Swift.max(duration, .zero), order: order)
-            if !leases.isEmpty { return leases }
-            let remaining = ContinuousClock.now.duration(to: deadline)
-            if remaining <= .zero { return [] }
-            try await Task.sleep(for: Swift.min(interval, remaining))
-            interval = Swift.min(interval * 2, pollInterval)
+        let found = try await client.subscriber.wait(on: arrivals, timeout: wait, poll: pollInterval) { () async throws -> (found: [Lease]?, again: Duration?) in
+            let (leases, due) = try await leaseOnce(max: max, duration: Swift.max(duration, .zero), order: order)
+            return (leases.isEmpty ? nil : leases, due.map { Duration(timeInterval: $0.timeIntervalSince(clock.now)) })
         }
+        return found ?? []
     }
 
-    private func leaseOnce(max: Int, duration: Duration, order: PriorityOrder) async throws -> [Lease] {
+    /// One lease script call: the leases, or when there is none, the time the earliest leased or
+    /// delayed message becomes due (if any).
+    private func leaseOnce(max: Int, duration: Duration, order: PriorityOrder) async throws -> ([Lease], due: Date?) {
         let now = clock.now
         let token = String(UInt64.random(in: 0...UInt64.max), radix: 36) + "."
         let arguments: [[UInt8]] = [
@@ -73,6 +81,7 @@ public struct RedisTaskQueue: TaskQueue {
         ]
         let reply = try await client.run([RedisScriptCall(script: RedisScripts.lease, keys: [base], arguments: arguments)], idempotent: true)[0]
         let items = reply.elements
+        if items.count == 1 { return ([], RedisKeys.date(items[0].string)) }
         var leases: [Lease] = []
         leases.reserveCapacity(items.count / 6)
         for start in stride(from: 0, to: items.count - 5, by: 6) {
@@ -88,7 +97,7 @@ public struct RedisTaskQueue: TaskQueue {
                 )
             )
         }
-        return leases
+        return (leases, nil)
     }
 
     /// Extends the leases that are still current.
