@@ -37,6 +37,48 @@ import Testing
         #expect(messages == 10, "one message per task")
     }
 
+    /// `follow` yields every result once, in completion order with outputs, while the agent runs, and
+    /// ends by itself once the session is complete; a new stream from a kept cursor resumes after it.
+    @Test func followYieldsEachResultOnceAndEndsWithTheSession() async throws {
+        let backends = memoryBackends()
+        let client = GridClient(backends: backends)
+        let session = try await client.createSession(SessionOptions(maxRetries: 0))
+        let total = 300
+        _ = try await client.submit(session.id, inputs: (0..<total).map { Array("\($0)".utf8) })
+        // Every tenth task fails; outputs of the others are their inputs reversed.
+        let agent = try Agent(
+            backends: backends,
+            handler: ClosureHandler { input, _ in
+                if Int(String(decoding: input, as: UTF8.self))! % 10 == 0 { throw GridError.invalidArgument("a tenth") }
+                return input.reversed()
+            },
+            configuration: fastAgent())
+        let (read, cursor) = try await withAgent(agent) {
+            var read: [TaskResult] = []
+            var iterator = client.follow(session.id).makeAsyncIterator()
+            while let result = try await iterator.next() {
+                read.append(result)
+                if read.count == total / 2 { break }
+            }
+            // Resume from the cursor with a new stream, to the end of the session.
+            let cursor = iterator.cursor
+            for try await result in client.follow(session.id, after: cursor) { read.append(result) }
+            return (read, cursor)
+        }
+        #expect(cursor == total / 2)
+        #expect(read.count == total)
+        #expect(read.map(\.record.completionSequence) == (1...total).map { Optional($0) })
+        #expect(Set(read.map(\.record.id.index)) == Set(0..<total))
+        for result in read {
+            let index = result.record.id.index
+            if index % 10 == 0 {
+                #expect(result.record.state == .failed && result.output == nil)
+            } else {
+                #expect(result.record.state == .finished && result.output == Array("\(index)".utf8).reversed())
+            }
+        }
+    }
+
     @Test func aResultsPageEndsAtItsOutputBudgetAndTheCursorSkipsNoTask() async throws {
         let backends = memoryBackends()
         let client = GridClient(backends: backends)

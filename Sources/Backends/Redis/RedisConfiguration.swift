@@ -7,7 +7,9 @@ import GridKernel
 /// Query options: `prefix` (key prefix, default `htc`; several grids share one Redis with different
 /// prefixes), `pool` (connections, default 4), `max_payload_bytes` (default 64 MiB), `retry_window`
 /// (seconds to retry while Redis is unreachable, default 30), `retention` (seconds to keep a completed
-/// session's state keys; off by default), `ca_file` (PEM
+/// session's state keys; off by default), `poll_interval` (seconds between the looks of a waiting
+/// lease or completion wait when no notification arrives, default 0.25; notifications wake them at
+/// once), `ca_file` (PEM
 /// file of trusted CAs for `rediss://`), `tls_verify=false` (turns certificate verification off; for
 /// tests only).
 public struct RedisConfiguration: Sendable, Hashable {
@@ -29,6 +31,9 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var verifyCertificate: Bool
     /// The prefix of every key; keeps grids sharing one Redis apart.
     public var prefix: String
+    /// How often a waiting lease or completion wait looks without being notified (the fallback of the
+    /// pub/sub wake-ups). Default 250 ms.
+    public var pollInterval: Duration = .milliseconds(250)
     /// How many connections the pool keeps.
     public var poolSize: Int
     /// The largest payload value accepted.
@@ -113,6 +118,12 @@ public struct RedisConfiguration: Sendable, Hashable {
                 )
             }
             retention = .seconds(seconds)
+        }
+        if let value = url.query["poll_interval"] {
+            guard let seconds = Double(value), seconds > 0, seconds <= 3_600 else {
+                throw GridError.invalidArgument("poll_interval=\(value) in \(url) is not a number of seconds from 0 to 3600", backend: "redis")
+            }
+            pollInterval = Duration(timeInterval: seconds)
         }
         caFile = url.query["ca_file"]
         if let value = url.query["tls_verify"] {

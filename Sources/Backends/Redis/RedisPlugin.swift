@@ -23,14 +23,14 @@ public struct RedisPlugin: GridBackendPlugin {
     ///
     /// - Throws: ``GridError/Code/invalidArgument`` for a bad URL.
     public func makeQueue(_ url: BackendURL, context: BackendContext) async throws -> any TaskQueue {
-        RedisTaskQueue(client: try await client(url, context: context), clock: context.clock)
+        RedisTaskQueue(client: try await client(url, context: context), clock: context.clock, pollInterval: try RedisConfiguration(url).pollInterval)
     }
 
     /// A ``RedisStateStore`` on the URL's server.
     ///
     /// - Throws: ``GridError/Code/invalidArgument`` for a bad URL.
     public func makeStateStore(_ url: BackendURL, context: BackendContext) async throws -> any StateStore {
-        RedisStateStore(client: try await client(url, context: context))
+        RedisStateStore(client: try await client(url, context: context), pollInterval: try RedisConfiguration(url).pollInterval)
     }
 
     /// A ``RedisPayloadStore`` on the URL's server, with the URL's `max_payload_bytes`; with

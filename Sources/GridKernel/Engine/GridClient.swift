@@ -321,6 +321,16 @@ public struct GridClient: Sendable {
         return CompletionPage(items: items, next: next, taskCount: taskCount)
     }
 
+    /// A session's results as they complete, in completion order from after the number `after`, with
+    /// their outputs (unless `outputs` is false); the sequence ends once every task of the session is
+    /// terminal and was returned. Each read waits up to 30 s for the next completion, woken by the state
+    /// store. See ``CompletionStream``.
+    public func follow(_ session: SessionID, after: Int = 0, outputs: Bool = true) -> CompletionStream {
+        CompletionStream(after: after) { after in
+            try await completions(session, after: after, limit: 1_000, outputs: outputs, maxOutputBytes: 64 << 20, wait: .seconds(30))
+        }
+    }
+
     /// The outputs of `records`, in order: those of finished tasks from the record or the payload store,
     /// `nil` for the others. Outputs are read in batches sized by the outputs already read (16 to 1,000);
     /// once they reach `maxOutputBytes` the answer ends early (after at least one task), so neither it nor
