@@ -63,7 +63,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Tasks each agent runs at once.") var concurrency = 1024
     @Option(help: "Give up after this many seconds.") var timeout: Double = 600
     @Flag(help: "Print one JSON line instead of text.") var json = false
-    @Option(help: "Seconds between the client's counts of the session while it waits (each count reads the session's task states; raise it on DynamoDB, where that costs read units).")
+    @Option(help: ArgumentHelp("Ignored (kept for old scripts): the client follows the completion stream instead of counting the session.", visibility: .hidden))
     var pollInterval: Double = 0.05
     @Option(help: "Drive the workload through htc-server at this URL (env HTC_SERVER); needs --grid, the server's grid.") var server: String?
     @Option(help: "API key for --server (env HTC_API_KEY).") var apiKey: String?
@@ -103,8 +103,6 @@ struct BenchCommand: AsyncParsableCommand {
             timeout: Duration(timeInterval: timeout)
         )
         workload.roundTrips = rtt
-        guard pollInterval > 0 else { throw ValidationError("--poll-interval must be positive") }
-        workload.pollInterval = Duration(timeInterval: pollInterval)
         if let remote {
             workload.server = remote
             workload.batchSize = remote.submitBatchSize

@@ -30,8 +30,6 @@ struct Workload: Sendable {
     var scaling: ScalingConfiguration?
     /// How often the local scaler decides.
     var scalingInterval: Duration = .milliseconds(250)
-    /// How often the client counts the session's tasks while it waits.
-    var pollInterval: Duration = .milliseconds(50)
     /// Round-trip mode (`htc bench --rtt N`): N tasks one at a time, each submitted once the result of
     /// the one before came back; `tasks` is then N.
     var roundTrips: Int?
