@@ -281,13 +281,15 @@ extension DynamoDBStateStore {
                 meters.append((D.sequenceItem(session), false))
             }
         }
-        for meter in meters { meterWrite(item: meter.item, transactional: true, indexed: meter.index) }
+        // A cancelled transaction is billed too (as if it had written); the index only when it wrote.
+        for meter in meters { meterWrite(item: meter.item, transactional: true) }
         do {
             // The token makes the transaction idempotent when the client sends it again after a lost
             // reply: DynamoDB answers the first outcome instead of applying it twice.
             _ = try await call(
                 "TransactWriteItems", ["TransactItems": .array(writes), "ClientRequestToken": .string(UUID().uuidString)],
                 resource: "\(chunk.count) task(s)")
+            for meter in meters where meter.index { meterIndexWrite(item: meter.item) }
             return Outcome(applied: applied, sequences: moved.mapValues { Optional($0) })
         } catch let error as GridError where Self.transactionCanceled(error) {
             var outcome = Outcome()

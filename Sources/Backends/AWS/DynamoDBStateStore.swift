@@ -645,6 +645,11 @@ public struct DynamoDBStateStore: StateStore {
         client.meter.addWriteUnits(table: Double(kib * (transactional ? 2 : 1)), indexes: indexed ? Double(kib) : 0)
     }
 
+    /// Meters the write of an item on the `completions` index alone: one unit per KiB.
+    func meterIndexWrite(item: Item) {
+        client.meter.addWriteUnits(table: 0, indexes: Double(Swift.max(1, (D.size(item) + 1_023) / 1_024)))
+    }
+
     func getItem(_ key: Item, resource: String) async throws -> Item? {
         let answer = try await call("GetItem", ["Key": .object(key), "ConsistentRead": true], resource: resource)
         return answer["Item"]?.object

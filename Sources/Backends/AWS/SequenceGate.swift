@@ -9,8 +9,10 @@ import Synchronization
 /// transaction per round trip. Here calls of one process (concurrent finishes of several agents'
 /// worth of tasks) queue per session; whoever sends gathers the queued changes into its transaction (up
 /// to 99 tasks), starting from the `n` the previous transaction of this process wrote, and hands each
-/// caller its part of the outcome. Only transactions of other processes still race; a lost race
-/// costs one more request, since the cancellation returns the current `n`.
+/// caller its part of the outcome. It also remembers the last `n` per session, so that a caller whose
+/// read is older than this process' last transaction does not lose a race against it. Only
+/// transactions of other processes still race; a lost race costs one more request, since the
+/// cancellation returns the current `n`.
 final class SequenceGate: Sendable {
     /// One caller's changes of one session.
     struct Job: Sendable {
@@ -36,12 +38,19 @@ final class SequenceGate: Sendable {
 
     private struct Line {
         var queue: [Waiting] = []
-        /// The `n` the last transaction of this process wrote or saw, while the line is busy.
-        var last: Int?
     }
 
-    /// The sessions with a transaction in flight.
-    private let lines = Mutex<[SessionID: Line]>([:])
+    private struct State {
+        /// The sessions with a transaction in flight.
+        var lines: [SessionID: Line] = [:]
+        /// The last `n` a transaction of this process wrote or saw, per session (forgotten all at
+        /// once past ``rememberedSessions``): a caller that read an older one starts from this.
+        var last: [SessionID: Int] = [:]
+    }
+
+    private static let rememberedSessions = 10_000
+
+    private let lines = Mutex(State())
 
     init() {}
 
@@ -51,12 +60,12 @@ final class SequenceGate: Sendable {
         _ session: SessionID, _ job: Job, send: @Sendable ([DynamoDBStateStore.Transition], [TaskID: DynamoDBItem.Item?], Int) async throws -> DynamoDBStateStore.Outcome
     ) async throws -> DynamoDBStateStore.Outcome {
         let turn = await withCheckedContinuation { (continuation: CheckedContinuation<Turn, Never>) in
-            let leading = lines.withLock { lines -> Bool in
-                guard lines[session] != nil else {
-                    lines[session] = Line()
+            let leading = lines.withLock { state -> Bool in
+                guard state.lines[session] != nil else {
+                    state.lines[session] = Line()
                     return true
                 }
-                lines[session]?.queue.append(Waiting(job: job, continuation: continuation))
+                state.lines[session]?.queue.append(Waiting(job: job, continuation: continuation))
                 return false
             }
             if leading { continuation.resume(returning: .lead) }
@@ -70,8 +79,8 @@ final class SequenceGate: Sendable {
     private func lead(
         _ session: SessionID, own: Job, send: @Sendable ([DynamoDBStateStore.Transition], [TaskID: DynamoDBItem.Item?], Int) async throws -> DynamoDBStateStore.Outcome
     ) async throws -> DynamoDBStateStore.Outcome {
-        let (others, last) = lines.withLock { lines -> ([Waiting], Int?) in
-            var line = lines[session] ?? Line()
+        let (others, last) = lines.withLock { state -> ([Waiting], Int?) in
+            var line = state.lines[session] ?? Line()
             var tasks = own.changes.count
             var bytes = own.bytes
             var taken: [Waiting] = []
@@ -80,8 +89,8 @@ final class SequenceGate: Sendable {
                 tasks += next.job.changes.count
                 bytes += next.job.bytes
             }
-            lines[session] = line
-            return (taken, line.last)
+            state.lines[session] = line
+            return (taken, state.last[session])
         }
         let jobs = [own] + others.map(\.job)
         let start = ([last].compactMap { $0 } + jobs.map(\.sequence)).max() ?? own.sequence
@@ -92,17 +101,18 @@ final class SequenceGate: Sendable {
         } catch {
             result = .failure(error)
         }
-        let next = lines.withLock { lines -> Waiting? in
-            guard var line = lines[session] else { return nil }
+        let next = lines.withLock { state -> Waiting? in
             if case .success(let outcome) = result, let number = outcome.sequences[session] ?? nil {
-                line.last = Swift.max(number, line.last ?? number)
+                if state.last.count >= Self.rememberedSessions && state.last[session] == nil { state.last = [:] }
+                state.last[session] = Swift.max(number, state.last[session] ?? number)
             }
+            guard var line = state.lines[session] else { return nil }
             guard !line.queue.isEmpty else {
-                lines[session] = nil
+                state.lines[session] = nil
                 return nil
             }
             let first = line.queue.removeFirst()
-            lines[session] = line
+            state.lines[session] = line
             return first
         }
         for waiting in others {
