@@ -57,12 +57,16 @@ public struct AWSClient: Sendable {
         var repeatability: AWSRepeatability
         /// A host other than the endpoint's (S3 virtual-host addressing).
         var host: String? = nil
+        /// The shortest time the exchange is given, when longer than the client's (a long poll).
+        var timeout: Duration? = nil
     }
 
-    /// Sends a call, retrying per the policy.
+    /// Sends a call, retrying per the policy. Cancelling the calling task aborts the exchange under
+    /// way (async-http-client closes the connection) and ends the call with `CancellationError`.
     ///
     /// - Parameter accept: statuses that are answers, not errors (default: 2xx).
-    /// - Throws: ``GridKernel/GridError`` for an error answer or an unreachable service.
+    /// - Throws: ``GridKernel/GridError`` for an error answer or an unreachable service;
+    ///   `CancellationError` when the task is cancelled.
     func send(_ call: Call, accept: (Int) -> Bool = { (200..<300).contains($0) }) async throws -> AWSHTTP.Response {
         let target = call.host.map { endpoint.withHost($0) } ?? endpoint
         var attempt = 0
@@ -73,7 +77,7 @@ public struct AWSClient: Sendable {
             do {
                 let request = try await signed(call, target: target)
                 meter.count(service: service, action: call.action)
-                let response = try await http.send(request, timeout: timeout)
+                let response = try await http.send(request, timeout: Swift.max(timeout, call.timeout ?? .zero))
                 if accept(response.status) { return response }
                 let error = AWSServiceError(
                     status: response.status, body: response.body, headers: response.headers, service: service, action: call.action,
@@ -84,6 +88,8 @@ public struct AWSClient: Sendable {
             } catch let error as GridError {
                 throw error
             } catch {
+                // A cancelled task (an agent stopping) aborted the exchange: no retry.
+                if Task.isCancelled { throw CancellationError() }
                 outcome = .transportFailure
                 failure = error
             }
@@ -119,12 +125,16 @@ public struct AWSClient: Sendable {
     /// One call of a JSON protocol (`X-Amz-Target: <prefix>.<action>`, `application/x-amz-json-1.0`).
     ///
     /// - Throws: ``GridKernel/GridError``.
-    func json(_ targetPrefix: String, _ action: String, _ body: JSON, resource: String, repeatability: AWSRepeatability) async throws -> JSON {
+    /// - Parameter timeout: the shortest time the exchange is given (a long poll's wait and more),
+    ///   when longer than the client's.
+    func json(
+        _ targetPrefix: String, _ action: String, _ body: JSON, resource: String, repeatability: AWSRepeatability, timeout: Duration? = nil
+    ) async throws -> JSON {
         let response = try await send(
             Call(
                 method: "POST",
                 headers: [("content-type", "application/x-amz-json-1.0"), ("x-amz-target", "\(targetPrefix).\(action)")],
-                body: body.bytes(), action: action, resource: resource, repeatability: repeatability
+                body: body.bytes(), action: action, resource: resource, repeatability: repeatability, timeout: timeout
             )
         )
         return try JSON.parse(response.body, context: "\(service):\(action)")

@@ -83,20 +83,23 @@ public enum AWSURLs {
         return (configuration, try AWSEndpoint.resolve(option: url.query["endpoint"], serviceVariable: "SQS", host: "sqs.\(region).amazonaws.com", environment: environment))
     }
 
-    /// `dynamodb://REGION/TABLE?endpoint=URL&task_shards=N&lease_shards=N`.
+    /// `dynamodb://REGION/TABLE?endpoint=URL&task_shards=N&lease_shards=N&counter_shards=N`.
     ///
     /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` naming what is wrong.
     public static func dynamoDB(_ url: BackendURL, environment: [String: String]) throws -> (DynamoDBConfiguration, AWSEndpoint) {
         let region = try requireRegion(url.host, url)
         let table = try name(url, what: "table", example: "dynamodb://us-east-1/htc-grid")
         var configuration = DynamoDBConfiguration(region: region, table: table)
-        for (option, keyPath) in [("task_shards", \DynamoDBConfiguration.taskShards), ("lease_shards", \DynamoDBConfiguration.leaseShards)] {
+        for (option, keyPath) in [
+            ("task_shards", \DynamoDBConfiguration.taskShards), ("lease_shards", \DynamoDBConfiguration.leaseShards),
+            ("counter_shards", \DynamoDBConfiguration.counterShards),
+        ] {
             if let value = url.query[option] {
                 guard let count = Int(value), (1...64).contains(count) else { throw invalid(url, "\(option) must be 1 to 64") }
                 configuration[keyPath: keyPath] = count
             }
         }
-        try rejectUnknown(url, allowed: ["endpoint", "task_shards", "lease_shards"])
+        try rejectUnknown(url, allowed: ["endpoint", "task_shards", "lease_shards", "counter_shards"])
         return (
             configuration,
             try AWSEndpoint.resolve(option: url.query["endpoint"], serviceVariable: "DYNAMODB", host: "dynamodb.\(region).amazonaws.com", environment: environment)

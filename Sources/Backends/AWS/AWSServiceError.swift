@@ -15,6 +15,17 @@ struct AWSServiceError: Error, CustomStringConvertible, Sendable {
     var action: String
     /// What the request was about (a queue URL, a table, `bucket/key`).
     var resource: String
+    /// Why each item of a cancelled DynamoDB `TransactWriteItems` was refused, in the order of the
+    /// items (`None` for an item that was not the cause); empty for other errors.
+    var cancellationReasons: [CancellationReason] = []
+
+    /// One entry of a `TransactionCanceledException`'s `CancellationReasons`.
+    struct CancellationReason: Sendable {
+        /// `None`, `ConditionalCheckFailed`, `TransactionConflict`, `ThrottlingError`, …
+        var code: String
+        /// The item as it was, when the condition failed and the request asked for `ALL_OLD`.
+        var item: [String: JSON]?
+    }
 
     var description: String { "\(service):\(action) on \(resource): HTTP \(status) \(code): \(message)" }
 
@@ -31,6 +42,9 @@ struct AWSServiceError: Error, CustomStringConvertible, Sendable {
             let type = json["__type"]?.string ?? json["code"]?.string ?? ""
             code = String(type.split(separator: "#").last ?? "").split(separator: ":").first.map(String.init) ?? ""
             message = json["message"]?.string ?? json["Message"]?.string ?? ""
+            cancellationReasons = (json["CancellationReasons"]?.array ?? []).map {
+                CancellationReason(code: $0["Code"]?.string ?? "None", item: $0["Item"]?.object)
+            }
         } else if text.contains("<") {
             code = XMLText.value("Code", in: text) ?? ""
             message = XMLText.value("Message", in: text) ?? ""

@@ -11,7 +11,8 @@ public struct AWSSetup: Sendable {
     }
 
     /// Creates the queues (each priority's and the dead-letter queue), the table with its indexes and
-    /// time to live, and the bucket. Existing ones are kept.
+    /// time to live, and the bucket. Existing ones are kept; a table of an earlier version gets its
+    /// index and its sessions their counters and completion order (``DynamoDBStateStore/upgrade()``).
     ///
     /// - Throws: ``GridKernel/GridError`` (``GridKernel/GridError/Code/unauthorized`` names the action
     ///   that was refused).
@@ -26,6 +27,7 @@ public struct AWSSetup: Sendable {
         }
         try await sqs.createQueues(priorities: priorities)
         try await dynamoDB.createTable()
+        _ = try await dynamoDB.upgrade()
         try await s3.createBucket()
     }
 }

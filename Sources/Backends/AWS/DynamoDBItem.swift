@@ -5,14 +5,17 @@ import GridKernel
 /// ``GridKernel/TaskRecord`` / ``GridKernel/SessionRecord`` / ``GridKernel/SubmissionRecord`` and
 /// DynamoDB items.
 ///
-/// One table, partition key `pk` and sort key `sk` (both strings), no secondary index:
+/// One table, partition key `pk` and sort key `sk` (both strings), and one sparse global secondary
+/// index, `completions` (`sid`, `cseq`), holding the terminal tasks in completion order:
 ///
 /// | item | `pk` | `sk` | other attributes |
 /// |---|---|---|---|
 /// | session | `session` | `<session>` | `sid`, `prio`, `maxr`, `tmo`, `labels`, `created`, `count`, `cancelled` |
-/// | task | `t#<session>#<shard>` | `<index>`, 12 digits | `sid`, `idx`, `st`, `owner`, `lease`, `retries`, `maxr`, `prio`, `tmo`, `submitted`, `started`, `completed`, `err`, `out`, `attempt`, `ctok` |
+/// | task | `t#<session>#<shard>` | `<index>`, 12 digits | `sid`, `idx`, `st`, `owner`, `lease`, `retries`, `maxr`, `prio`, `tmo`, `submitted`, `started`, `completed`, `err`, `out`, `attempt`, `ctok`, `cseq` (completion number, once terminal), `v` (writes so far) |
 /// | lease bucket | `lease#<shard>` | `<expiry in ms>`, 15 digits, `#<random>` | `tasks`: the tasks leased with that expiry, `<session>_<index>,<index>…` per session, sessions separated by spaces |
 /// | submission | `sub#<session>` | `<key>` | `sid`, `skey`, `first`, `count`, `sent`, `st`, `ver`, `created`, `upd` |
+/// | sequence | `c#<session>` | `seq` | `n` (the last completion number), `c_<state>`: counters per state |
+/// | counter shard | `c#<session>` | `shard#<k>` | `c_<state>`: counters per state, moved by `ADD` |
 /// | open submission | `submissions#open` | `<created in ms>`, 15 digits, `#<session> <key>` | `sid`, `skey`: a marker that exists while the submission is open or repairing |
 ///
 /// A session's tasks are spread over ``DynamoDBConfiguration/taskShards`` partitions (shard = index
@@ -86,6 +89,58 @@ enum DynamoDBItem {
         }
     }
 
+    // MARK: Counters and completion order
+
+    /// The partition of a session's counters: its sequence item and its counter shards.
+    static func countersPartition(_ session: SessionID) -> String { "c#\(session.rawValue)" }
+
+    /// The key of a session's sequence item: `n`, the last completion number given (its count of
+    /// terminal tasks), and counters per state like a shard's. A session without one was created by
+    /// a version that kept no counters (see ``DynamoDBStateStore/upgrade()``).
+    static func sequenceKey(_ session: SessionID) -> Item { ["pk": s(countersPartition(session)), "sk": s(sequenceSortKey)] }
+
+    /// The sort key of the sequence item.
+    static let sequenceSortKey = "seq"
+
+    /// The key of one counter shard of a session: counters per state, moved with `ADD`.
+    static func counterShardKey(_ session: SessionID, shard: Int) -> Item {
+        ["pk": s(countersPartition(session)), "sk": s("shard#\(shard)")]
+    }
+
+    /// The counter attribute of a state.
+    static func counterAttribute(_ state: TaskState) -> String { "c_\(state.rawValue)" }
+
+    /// The sum of the counters of a session's sequence item and shards.
+    static func counts(_ items: [Item]) -> StateCounts {
+        var counts = StateCounts()
+        for item in items {
+            for state in TaskState.allCases {
+                if let count = int(item, counterAttribute(state)), count != 0 { counts[state] += count }
+            }
+        }
+        return counts
+    }
+
+    /// The sequence item of a new session (or of one whose tasks were just counted): `n` and counters.
+    static func sequenceItem(_ session: SessionID, counts: StateCounts = StateCounts(), last: Int = 0) -> Item {
+        var item = sequenceKey(session)
+        item["n"] = n(last)
+        for state in TaskState.allCases { item[counterAttribute(state)] = n(counts[state]) }
+        return item
+    }
+
+    /// The global secondary index of the completion order: partition `sid`, sort `cseq`, every
+    /// attribute projected. Sparse: only terminal tasks carry `cseq`.
+    static let completionIndex = "completions"
+
+    /// Every attribute of a task item the store writes (`v` counts the writes of the item, for
+    /// conditional replacement); a replacement keeps the attributes it does not know (an operator's
+    /// time-to-live attribute).
+    static let taskAttributes: Set<String> = [
+        "pk", "sk", "sid", "idx", "st", "owner", "lease", "retries", "maxr", "prio", "tmo", "submitted", "started", "completed", "err", "out",
+        "out_empty", "attempt", "ctok", "cseq", "v",
+    ]
+
     /// The key of an item (`pk` and `sk`).
     static func itemKey(_ item: Item) -> Item { ["pk": item["pk"] ?? s(""), "sk": item["sk"] ?? s("")] }
 
@@ -137,6 +192,7 @@ enum DynamoDBItem {
         if let completed = task.completedAt { item["completed"] = n(completed) }
         if let error = task.lastError { item["err"] = s(error) }
         if let output = task.output { item.merge(outputAttributes(output)) { $1 } }
+        if let sequence = task.completionSequence { item["cseq"] = n(sequence) }
         return item
     }
 
@@ -161,7 +217,8 @@ enum DynamoDBItem {
             retries: int(item, "retries") ?? 0, maxRetries: int(item, "maxr") ?? SessionOptions.defaultMaxRetries, priority: int(item, "prio") ?? 0,
             timeout: item["tmo"]?["N"]?.string.flatMap(Double.init).map { Duration(timeInterval: $0) }, submittedAt: submitted,
             startedAt: date(item, "started"), completedAt: date(item, "completed"), lastError: string(item, "err"), output: output,
-            attempt: int(item, "attempt") ?? 0, claimToken: string(item, "ctok").flatMap { try? ClaimToken($0) })
+            attempt: int(item, "attempt") ?? 0, claimToken: string(item, "ctok").flatMap { try? ClaimToken($0) },
+            completionSequence: int(item, "cseq"))
     }
 
     // MARK: Sessions

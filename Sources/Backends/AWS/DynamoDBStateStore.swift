@@ -1,23 +1,29 @@
 import Foundation
 import GridKernel
 
-/// The state store on Amazon DynamoDB: one table, every task transition one conditional `UpdateItem`.
+/// The state store on Amazon DynamoDB: one table and one index; every task transition that moves a
+/// counter is a conditional transaction.
 ///
-/// Each transition's `ConditionExpression` checks the state (and the owner and attempt, or the lease
-/// expiry), so exactly one of several concurrent writers wins, as the kernel requires, and a stale
-/// attempt changes nothing. Creation goes through `BatchWriteItem` (25 items a call,
-/// `UnprocessedItems` sent again), after a consistent `BatchGetItem` that leaves existing tasks as they
-/// are. A session's tasks live in a few partitions of the table in index order, so listings and counts
-/// are queries of the table (following `LastEvaluatedKey`); claims and heartbeats write lease buckets
-/// that the reaper queries. The layout is documented on ``DynamoDBItem`` and in docs/backends.md.
-/// Write units are metered on the client's ``AWSRequestMeter`` by DynamoDB's billing rules (item
-/// size, two units per KiB in a transaction).
+/// **Transitions.** A call reads its tasks consistently, applies the kernel's rule to each record
+/// (TaskRules.swift) and writes the changed ones with `TransactWriteItems`, each task on the condition
+/// that it was not written since it was read (its write count `v`), together with the session's
+/// counters; see ``transition(_:absent:numbering:rule:)``. So exactly one of several concurrent writers
+/// wins, a stale attempt changes nothing, and the counters move exactly with the tasks. Heartbeats
+/// move no counter: one conditional `UpdateItem` per task. Creation puts tasks on the condition that
+/// they do not exist, in the same kind of transaction, and counts only those it created.
 ///
-/// **Claims sent twice.** The client sends a conditional write again after a 5xx or a lost reply, and
-/// the agent sends a claim call again after ``GridKernel/GridError/Code/unavailable``; the second send
-/// of a claim that the first one won finds the task `processing` and fails its condition. So the
-/// tasks whose claim condition failed are read back (one consistent `BatchGetItem` per call) and
-/// those held by this owner under this call's token (`ctok`) count as won, unchanged.
+/// **Counters and completion order.** Each session has a sequence item (`n`, the last completion
+/// number, and counters per state) and ``DynamoDBConfiguration/counterShards`` counter shards in a
+/// partition of their own; ``counts(_:)`` sums them with one query. A transition that makes tasks
+/// terminal moves `n` by their number on the condition that it is the value read, and gives them the
+/// numbers in between, in the same transaction: the numbers are dense, and terminal transitions of one
+/// session are serialized on that item. The sparse `completions` index (`sid`, `cseq`) lists the
+/// terminal tasks in completion order.
+///
+/// **Claims sent twice.** The client sends a transaction again after a 5xx or a lost reply with the
+/// same `ClientRequestToken` (DynamoDB applies it once), and the agent sends a claim call again after
+/// ``GridKernel/GridError/Code/unavailable``: the kernel's rule gives the tasks held by this owner
+/// under this call's token (`ctok`) as won, unchanged.
 ///
 /// **Submissions.** ``beginSubmission(_:)`` reads the session and the submission consistently, then
 /// writes in one `TransactWriteItems`: the session's `count` moved from the value read to the value
@@ -35,6 +41,8 @@ import GridKernel
 public struct DynamoDBStateStore: StateStore {
     let client: AWSClient
     let configuration: DynamoDBConfiguration
+    /// Queues this process' transactions that number tasks, per session.
+    let sequenceGate = SequenceGate()
 
     /// Creates a store on a DynamoDB client.
     public init(client: AWSClient, configuration: DynamoDBConfiguration) {
@@ -43,18 +51,26 @@ public struct DynamoDBStateStore: StateStore {
     }
 
     private var table: String { configuration.table }
-    private typealias Item = DynamoDBItem.Item
     private typealias D = DynamoDBItem
 
     // MARK: Sessions
 
+    /// Writes the session with its sequence item (counters at zero) in one transaction: a session
+    /// has a sequence item from its start, which tells it apart from a session of an earlier version.
     public func createSession(_ session: SessionRecord) async throws {
+        let items = [D.item(session), D.sequenceItem(session.id)]
         do {
             _ = try await call(
-                "PutItem",
-                ["Item": .object(D.item(session)), "ConditionExpression": "attribute_not_exists(pk)"], resource: "session \(session.id)")
-            meterWrite(item: D.item(session))
-        } catch let error as GridError where Self.conditionFailed(error) {
+                "TransactWriteItems",
+                [
+                    "TransactItems": [
+                        ["Put": ["TableName": .string(table), "Item": .object(items[0]), "ConditionExpression": "attribute_not_exists(pk)"]],
+                        ["Put": ["TableName": .string(table), "Item": .object(items[1])]],
+                    ]
+                ], resource: "session \(session.id)")
+            for item in items { meterWrite(item: item, transactional: true) }
+        } catch let error as GridError where Self.transactionCanceled(error) {
+            for item in items { meterWrite(item: item, transactional: true) }
             throw GridError(.conflict, "session '\(session.id)' already exists", backend: "dynamodb")
         }
     }
@@ -262,9 +278,14 @@ public struct DynamoDBStateStore: StateStore {
         var removed = 0
         try await forEachPage(id, states: nil) { records in
             try await batchWrite(records.map { ["DeleteRequest": ["Key": .object(D.key($0.id, shards: configuration.taskShards))]] })
-            for _ in records { meterWrite(item: nil) }
+            for record in records { meterWrite(item: nil, indexed: record.completionSequence != nil) }
             removed += records.count
         }
+        // The counters after the tasks: no transition can move them once the tasks are gone.
+        let counters = try await query(
+            index: nil, condition: "#pk = :pk", names: ["#pk": "pk"], values: [":pk": D.s(D.countersPartition(id))], limit: Int.max)
+        try await batchWrite(counters.map { ["DeleteRequest": ["Key": .object(D.itemKey($0))]] })
+        for _ in counters { meterWrite(item: nil) }
         _ = try await call("DeleteItem", ["Key": .object(D.key(id))], resource: "session \(id)")
         meterWrite(item: nil)
         return removed
@@ -272,7 +293,7 @@ public struct DynamoDBStateStore: StateStore {
 
     /// Runs `body` on each page of the session's tasks in the given states (all with `nil`), shard by
     /// shard, following `LastEvaluatedKey` (so a record that `body` changed is not read again).
-    private func forEachPage(_ session: SessionID, states: Set<TaskState>?, _ body: ([TaskRecord]) async throws -> Void) async throws {
+    func forEachPage(_ session: SessionID, states: Set<TaskState>?, _ body: ([TaskRecord]) async throws -> Void) async throws {
         var names = ["#pk": "pk"]
         var values: Item = [:]
         var filter: String?
@@ -299,19 +320,22 @@ public struct DynamoDBStateStore: StateStore {
 
     // MARK: Creating and reading tasks
 
+    /// Puts each task on the condition that it does not exist, in transactions with the counters
+    /// of the tasks created (see ``transition(_:absent:numbering:rule:)``): a task that exists is left
+    /// as it is and not counted. Nothing is read first; a repeated creation costs one cancelled
+    /// transaction per 99 tasks, whose reasons name the tasks that exist.
     public func createTasks(_ tasks: [TaskRecord]) async throws {
         var unique: [TaskID: TaskRecord] = [:]
         for task in tasks where unique[task.id] == nil { unique[task.id] = task }
-        let ids = Array(unique.keys)
-        let existing = Set(try await batchGet(ids.map { D.key($0, shards: configuration.taskShards) }))
-        let missing = ids.filter { !existing.contains(Self.keyText(D.key($0, shards: configuration.taskShards))) }.compactMap { unique[$0] }
         // Records created already processing (a restore) get their lease bucket first, as claims do.
-        for (expiry, leased) in Dictionary(grouping: missing.filter { $0.state == .processing }, by: { $0.leaseExpiry }) {
+        for (expiry, leased) in Dictionary(grouping: unique.values.filter { $0.state == .processing }, by: { $0.leaseExpiry }) {
             if let expiry { try await writeLeaseBucket(leased.map(\.id), expiry: expiry) }
         }
-        let items = missing.map { D.item($0, configuration: configuration) }
-        try await batchWrite(items.map { ["PutRequest": ["Item": .object($0)]] })
-        for item in items { meterWrite(item: item) }
+        _ = try await transition(Array(unique.keys), absent: true, numbering: false) { id, old in
+            guard old == nil, var record = unique[id] else { return nil }
+            record.completionSequence = nil
+            return record
+        }
     }
 
     public func task(_ id: TaskID) async throws -> TaskRecord {
@@ -324,7 +348,19 @@ public struct DynamoDBStateStore: StateStore {
         try await batchGetItems(Set(ids).map { D.key($0, shards: configuration.taskShards) }).map(D.task)
     }
 
+    /// Sums the session's sequence item and counter shards: one consistent query of
+    /// ``DynamoDBConfiguration/counterShards`` + 1 small items, whatever the number of tasks. A
+    /// session without a sequence item (created by an earlier version, not yet upgraded) is counted by
+    /// querying its tasks, as that version did.
     public func counts(_ session: SessionID) async throws -> StateCounts {
+        let counters = try await query(
+            index: nil, condition: "#pk = :pk", names: ["#pk": "pk"], values: [":pk": D.s(D.countersPartition(session))], limit: Int.max)
+        guard counters.contains(where: { D.string($0, "sk") == D.sequenceSortKey }) else { return try await countTasks(session) }
+        return D.counts(counters)
+    }
+
+    /// Counts a session's tasks by querying every one of them (`st` only, eventually consistent).
+    func countTasks(_ session: SessionID) async throws -> StateCounts {
         let perShard = try await (0..<configuration.taskShards).concurrentMap(width: 8) { shard -> StateCounts in
             var counts = StateCounts()
             var start: JSON?
@@ -377,15 +413,58 @@ public struct DynamoDBStateStore: StateStore {
         return Page(items: page, next: records.count > limit ? page.last.map { IntegerCursor.make($0.id.index) } : nil)
     }
 
+    /// Queries the `completions` index for numbers above `sequence` and keeps the run that follows
+    /// `sequence` without a gap (the index is eventually consistent: a number it does not show yet
+    /// ends the answer), while reading the session's sequence item: a session without one (deleted,
+    /// or made by an earlier version and not upgraded) has no completion order.
+    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
+        try CompletionPolling.check(after: sequence, limit: limit, backend: "dynamodb")
+        async let marker = getItem(D.sequenceKey(session), resource: "completion sequence of session \(session)")
+        let page = try await queryPage(
+            index: D.completionIndex, condition: "#sid = :sid AND #cseq > :after", names: ["#sid": "sid", "#cseq": "cseq"],
+            values: [":sid": D.s(session.rawValue), ":after": D.n(sequence)], limit: Swift.min(limit, 1_000), start: nil)
+        guard try await marker != nil else { return [] }
+        var run: [TaskRecord] = []
+        for item in page.items {
+            let record = try D.task(item)
+            guard record.completionSequence == sequence + run.count + 1 else { break }
+            run.append(record)
+        }
+        return run
+    }
+
+    /// Reads the session's last completion number (its sequence item's `n`, one consistent
+    /// `GetItem`) after 5 ms, then at intervals growing to ``completionPolling``'s upper bound, until
+    /// it passes `sequence` or `timeout` has passed. DynamoDB tells no one of a write, so this polls:
+    /// a waiter costs at most 10 reads a second (one read unit each). A session without a sequence
+    /// item is looked at through ``counts(_:)``.
+    ///
+    /// - Throws: `CancellationError` when cancelled; ``GridKernel/GridError/Code/unavailable``.
+    public func waitForCompletions(_ session: SessionID, after sequence: Int, timeout: Duration) async throws -> Bool {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        var pause = Self.completionPolling.lowerBound
+        while true {
+            let last: Int
+            if let item = try await getItem(D.sequenceKey(session), resource: "completion sequence of session \(session)") {
+                last = D.int(item, "n") ?? 0
+            } else {
+                last = try await counts(session).terminal
+            }
+            if last > sequence { return true }
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { return false }
+            try await Task.sleep(for: Swift.min(pause, remaining))
+            pause = Swift.min(pause * 2, Self.completionPolling.upperBound)
+        }
+    }
+
+    /// The first and the longest pause of ``waitForCompletions(_:after:timeout:)`` between two reads.
+    public static let completionPolling: ClosedRange<Duration> = .milliseconds(5) ... .milliseconds(100)
+
     /// Reads the lease buckets that expired before `now` (shard by shard, oldest first), then the
     /// tasks they name (consistently); returns those still processing with an expired lease, and
     /// deletes the buckets that name none (their tasks finished, were renewed under a newer bucket, or
     /// never were claimed).
-    // ISSUE14-STUB: replaced by the backend's own completion order on its branch; never merged to main.
-    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
-        throw GridError(.internalError, "completion order not implemented yet")
-    }
-
     public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
         guard limit > 0 else { return [] }
         let bound = D.bucketSortKey(expiry: now, suffix: "")
@@ -416,143 +495,72 @@ public struct DynamoDBStateStore: StateStore {
 
     // MARK: Transitions
 
-    /// Claims each task with a conditional `UpdateItem` (`pending` and unowned; `attempt` + 1, with
-    /// `ADD` so that items without one start at 1), then reads back the tasks whose condition failed:
-    /// those held by `owner` under `token` were won by this very call, sent before.
+    /// Claims by the kernel's rule in transactions (see ``transition(_:absent:numbering:rule:)``),
+    /// after writing the lease bucket. A claim sent again by the same call finds the tasks held by
+    /// `owner` under `token` and wins them unchanged.
     public func claim(_ ids: [TaskID], owner: AgentID, token: ClaimToken, leaseExpiry: Date, now: Date) async throws -> [TaskRecord] {
         let unique = Array(Set(ids))
         try await writeLeaseBucket(unique, expiry: leaseExpiry)
-        let outcomes = try await unique.concurrentMap(width: configuration.concurrency) { id -> (id: TaskID, won: TaskRecord?) in
-            let answer = try await update(
-                id,
-                set: [
-                    "st": D.s(TaskState.processing.rawValue), "owner": D.s(owner.rawValue), "lease": D.n(leaseExpiry), "started": D.n(now),
-                    "ctok": D.s(token.rawValue),
-                ],
-                add: ["attempt": D.n(1)],
-                when: Guard(
-                    "#c_st = :c_pending AND attribute_not_exists(#c_owner)", names: ["#c_st": "st", "#c_owner": "owner"],
-                    values: [":c_pending": D.s(TaskState.pending.rawValue)]))
-            return (id, try answer.map(D.task))
-        }
-        let won = outcomes.compactMap(\.won)
-        let lost = outcomes.filter { $0.won == nil }.map(\.id)
-        guard !lost.isEmpty else { return won }
-        let wonBefore = try await batchGetItems(lost.map { D.key($0, shards: configuration.taskShards) }).map(D.task).filter {
-            $0.state == .processing && $0.owner == owner && $0.claimToken == token
-        }
-        return won + wonBefore
+        return try await transition(unique, numbering: false) { _, old in
+            old?.claimed(by: owner, token: token, leaseExpiry: leaseExpiry, now: now)
+        }.values.map(\.new)
     }
 
+    /// Moves each lease with a conditional `UpdateItem` (no counter moves), after writing the lease
+    /// bucket; `v` grows, so a transition computed from the record before the heartbeat (an expiry)
+    /// fails its condition and is computed again.
     public func heartbeat(_ attempts: [TaskAttempt], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
         let unique = Dictionary(attempts.map { ($0.id, $0.attempt) }, uniquingKeysWith: { $1 })
         try await writeLeaseBucket(Array(unique.keys), expiry: leaseExpiry)
         let held = try await Array(unique).concurrentMap(width: configuration.concurrency) { id, attempt -> TaskID? in
-            try await update(id, set: ["lease": D.n(leaseExpiry)], when: .held(by: owner, attempt: attempt)) != nil ? id : nil
+            try await update(id, set: ["lease": D.n(leaseExpiry)], add: ["v": D.n(1)], when: .held(by: owner, attempt: attempt)) != nil ? id : nil
         }
         return Set(held.compactMap { $0 })
     }
 
-    /// Finishes each current attempt: `finished`, owner, lease and `err` removed, the output set (or
-    /// removed, so that the record holds exactly the completion's output).
     public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
         var unique: [TaskID: TaskCompletion] = [:]
         for completion in completions where unique[completion.id] == nil { unique[completion.id] = completion }
-        let done = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { completion -> TaskID? in
-            var set = terminalSet(completion.id, .finished, at: at)
-            var remove = Self.unheld + ["err"]
-            if let output = completion.output {
-                let attributes = D.outputAttributes(output)
-                set.merge(attributes) { $1 }
-                remove += ["out", "out_empty"].filter { attributes[$0] == nil }
-            } else {
-                remove += ["out", "out_empty"]
-            }
-            return try await update(completion.id, set: set, remove: remove, when: .held(by: owner, attempt: completion.attempt)) != nil
-                ? completion.id : nil
-        }
-        return Set(done.compactMap { $0 })
+        return Set(
+            try await transition(Array(unique.keys), numbering: true) { id, old in
+                unique[id].flatMap { old?.finished(by: owner, attempt: $0.attempt, output: $0.output, at: at) }
+            }.keys)
     }
 
     public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
-        try await applyFailures(failures, at: at) { .held(by: owner, attempt: $0.attempt) }
+        var unique: [TaskID: TaskFailure] = [:]
+        for failure in failures where unique[failure.id] == nil { unique[failure.id] = failure }
+        return try await transition(Array(unique.keys), numbering: true) { id, old in
+            unique[id].flatMap { old?.failed(by: owner, attempt: $0.attempt, message: $0.message, retryable: $0.retryable, at: at) }
+        }.mapValues(\.new.state)
     }
 
-    /// Gives each current attempt back: `pending`, owner and lease removed, retries, error and
-    /// attempt as they are.
     public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
         let unique = Dictionary(attempts.map { ($0.id, $0.attempt) }, uniquingKeysWith: { $1 })
-        let released = try await Array(unique).concurrentMap(width: configuration.concurrency) { id, attempt -> TaskID? in
-            let answer = try await update(
-                id, set: ["st": D.s(TaskState.pending.rawValue)], remove: Self.unheld, when: .held(by: owner, attempt: attempt))
-            return answer != nil ? id : nil
-        }
-        return Set(released.compactMap { $0 })
+        return Set(
+            try await transition(Array(unique.keys), numbering: false) { id, old in
+                unique[id].flatMap { old?.released(by: owner, attempt: $0) }
+            }.keys)
     }
 
     public func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState] {
-        let expired = Guard(
-            "#c_st = :c_processing AND #c_lease < :c_now", names: ["#c_st": "st", "#c_lease": "lease"],
-            values: [":c_processing": D.s(TaskState.processing.rawValue), ":c_now": D.n(now)])
-        return try await applyFailures(ids.map { TaskFailure(id: $0, message: TaskRecord.leaseExpiredMessage, retryable: true) }, at: now) { _ in
-            expired
-        }
+        try await transition(Array(Set(ids)), numbering: true) { _, old in old?.expired(now: now) }.mapValues(\.new.state)
     }
 
     public func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID> {
         var unique: [TaskID: TaskFailure] = [:]
         for failure in failures where unique[failure.id] == nil { unique[failure.id] = failure }
-        let failed = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { failure -> TaskID? in
-            var set = terminalSet(failure.id, .failed, at: at)
-            set["err"] = D.s(failure.message)
-            return try await update(failure.id, set: set, remove: Self.unheld, when: .live) != nil ? failure.id : nil
-        }
-        return Set(failed.compactMap { $0 })
+        return Set(
+            try await transition(Array(unique.keys), numbering: true) { id, old in
+                unique[id].flatMap { old?.forceFailed(message: $0.message, at: at) }
+            }.keys)
     }
 
     public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
-        let before = try await Set(ids).concurrentMap(width: configuration.concurrency) { id -> TaskState? in
-            let old = try await update(id, set: terminalSet(id, .cancelled, at: at), remove: Self.unheld, when: .live, returning: "ALL_OLD")
-            return old.flatMap { D.string($0, "st") }.flatMap(TaskState.init(rawValue:))
-        }
-        return CancelCounts(pending: before.filter { $0 == .pending }.count, processing: before.filter { $0 == .processing }.count)
+        let cancelled = try await transition(Array(Set(ids)), numbering: true) { _, old in old?.cancelled(at: at) }.values
+        return CancelCounts(
+            pending: cancelled.filter { $0.old?.state == .pending }.count, processing: cancelled.filter { $0.old?.state == .processing }.count)
     }
-
-    /// The grid's retry rule as two conditional writes: back to `pending` while `retries < maxr`
-    /// (for a retryable failure), else `failed`; neither applies when the failure's guard no longer
-    /// holds.
-    private func applyFailures(_ failures: [TaskFailure], at: Date, guard guardOf: @escaping @Sendable (TaskFailure) -> Guard) async throws
-        -> [TaskID: TaskState]
-    {
-        var unique: [TaskID: TaskFailure] = [:]
-        for failure in failures where unique[failure.id] == nil { unique[failure.id] = failure }
-        let outcomes = try await Array(unique.values).concurrentMap(width: configuration.concurrency) { failure -> (TaskID, TaskState)? in
-            let id = failure.id
-            let condition = guardOf(failure)
-            if failure.retryable {
-                let retried = try await update(
-                    id, set: ["st": D.s(TaskState.pending.rawValue), "err": D.s(failure.message)], add: ["retries": D.n(1)],
-                    remove: Self.unheld,
-                    when: Guard(
-                        "\(condition.expression) AND #c_retries < #c_maxr",
-                        names: condition.names.merging(["#c_retries": "retries", "#c_maxr": "maxr"]) { $1 }, values: condition.values))
-                if retried != nil { return (id, .pending) }
-            }
-            var set = terminalSet(id, .failed, at: at)
-            set["err"] = D.s(failure.message)
-            let failed = try await update(id, set: set, remove: Self.unheld, when: condition)
-            return failed != nil ? (id, .failed) : nil
-        }
-        return Dictionary(outcomes.compactMap { $0 }, uniquingKeysWith: { $1 })
-    }
-
-    private func terminalSet(_ id: TaskID, _ state: TaskState, at: Date) -> Item {
-        ["st": D.s(state.rawValue), "completed": D.n(at)]
-    }
-
-    /// What every transition out of `processing` removes (``GridKernel/TaskRecord``'s rules): owner,
-    /// lease, claim token.
-    private static let unheld = ["owner", "lease", "ctok"]
 
     /// The condition of a transition, besides the task's existence.
     private struct Guard: Sendable {
@@ -575,11 +583,6 @@ public struct DynamoDBStateStore: StateStore {
                 names: ["#c_st": "st", "#c_owner": "owner", "#c_attempt": "attempt"],
                 values: [":c_processing": D.s(TaskState.processing.rawValue), ":c_owner": D.s(owner.rawValue), ":c_attempt": D.n(attempt)])
         }
-
-        /// Not terminal.
-        static let live = Guard(
-            "#c_st IN (:c_pending, :c_processing)", names: ["#c_st": "st"],
-            values: [":c_pending": D.s(TaskState.pending.rawValue), ":c_processing": D.s(TaskState.processing.rawValue)])
     }
 
     // MARK: DynamoDB calls
@@ -635,25 +638,26 @@ public struct DynamoDBStateStore: StateStore {
     }
 
     /// Meters one write on the table: one unit per KiB of the item, at least one, twice that within a
-    /// transaction (the table has no secondary index to write).
-    private func meterWrite(item: Item?, transactional: Bool = false) {
-        let units = Swift.max(1, ((item.map(D.size) ?? 0) + 1_023) / 1_024) * (transactional ? 2 : 1)
-        client.meter.addWriteUnits(table: Double(units), indexes: 0)
+    /// transaction; and as many on the `completions` index when the item is `indexed` there (a task
+    /// numbered in the completion order, written or deleted).
+    func meterWrite(item: Item?, transactional: Bool = false, indexed: Bool = false) {
+        let kib = Swift.max(1, ((item.map(D.size) ?? 0) + 1_023) / 1_024)
+        client.meter.addWriteUnits(table: Double(kib * (transactional ? 2 : 1)), indexes: indexed ? Double(kib) : 0)
     }
 
-    private func getItem(_ key: Item, resource: String) async throws -> Item? {
+    /// Meters the write of an item on the `completions` index alone: one unit per KiB.
+    func meterIndexWrite(item: Item) {
+        client.meter.addWriteUnits(table: 0, indexes: Double(Swift.max(1, (D.size(item) + 1_023) / 1_024)))
+    }
+
+    func getItem(_ key: Item, resource: String) async throws -> Item? {
         let answer = try await call("GetItem", ["Key": .object(key), "ConsistentRead": true], resource: resource)
         return answer["Item"]?.object
     }
 
-    /// The keys (as ``keyText(_:)``) of the given keys that exist.
-    private func batchGet(_ keys: [Item]) async throws -> [String] {
-        try await batchGetItems(keys, projection: "pk, sk").map(Self.keyText)
-    }
-
     /// The items of the given keys that exist (consistent reads, 100 keys a call, `UnprocessedKeys`
     /// read again), every attribute unless `projection` names some.
-    private func batchGetItems(_ keys: [Item], projection: String? = nil) async throws -> [Item] {
+    func batchGetItems(_ keys: [Item], projection: String? = nil) async throws -> [Item] {
         let chunks = stride(from: 0, to: keys.count, by: 100).map { Array(keys[$0..<Swift.min($0 + 100, keys.count)]) }
         let found = try await chunks.concurrentMap(width: configuration.concurrency) { chunk -> [Item] in
             var read: [String: JSON] = ["Keys": .array(chunk.map { .object($0) }), "ConsistentRead": true]
@@ -673,7 +677,7 @@ public struct DynamoDBStateStore: StateStore {
     }
 
     /// Writes or deletes items, 25 a call, sending `UnprocessedItems` again with backoff.
-    private func batchWrite(_ requests: [JSON]) async throws {
+    func batchWrite(_ requests: [JSON]) async throws {
         let chunks = stride(from: 0, to: requests.count, by: 25).map { Array(requests[$0..<Swift.min($0 + 25, requests.count)]) }
         _ = try await chunks.concurrentMap(width: configuration.concurrency) { chunk in
             var pending: JSON = [table: .array(chunk)]
@@ -692,7 +696,7 @@ public struct DynamoDBStateStore: StateStore {
 
     /// Queries the table (`index` nil) or an index, following `LastEvaluatedKey` until `limit` items
     /// are read or the partition ends.
-    private func query(index: String?, condition: String, names: [String: String], values: Item, limit: Int) async throws -> [Item] {
+    func query(index: String?, condition: String, names: [String: String], values: Item, limit: Int) async throws -> [Item] {
         var items: [Item] = []
         var start: JSON?
         repeat {
@@ -730,7 +734,7 @@ public struct DynamoDBStateStore: StateStore {
     /// One DynamoDB call on the table; the write capacity DynamoDB reports is metered too. A write
     /// that DynamoDB refused because a transaction on the same item was under way did nothing, so it
     /// is sent again, with backoff, as throttling is.
-    private func call(_ action: String, _ body: JSON, resource: String, repeatability: AWSRepeatability = .safe) async throws -> JSON {
+    func call(_ action: String, _ body: JSON, resource: String, repeatability: AWSRepeatability = .safe) async throws -> JSON {
         var request = body.object
         if !["BatchGetItem", "BatchWriteItem", "TransactWriteItems"].contains(action) { request["TableName"] = .string(table) }
         if ["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"].contains(action) {
@@ -762,7 +766,7 @@ public struct DynamoDBStateStore: StateStore {
 
     /// Whether a `TransactWriteItems` was cancelled (a condition failed, or a concurrent transaction
     /// on one of its items): nothing was written.
-    private static func transactionCanceled(_ error: GridError) -> Bool {
+    static func transactionCanceled(_ error: GridError) -> Bool {
         let code = (error.underlying as? AWSServiceError)?.code
         return code == "TransactionCanceledException" || code == "TransactionConflictException"
     }
@@ -786,17 +790,24 @@ public struct DynamoDBConfiguration: Sendable, Hashable {
     public var taskShards: Int
     /// Partitions the lease buckets (which tasks hold a lease until when) are spread over.
     public var leaseShards: Int
-    /// Per-task calls in flight within one batch operation.
+    /// Counter items per session besides its sequence item: transitions that make no task terminal
+    /// move one picked at random per call, so that concurrent callers seldom write the same item;
+    /// ``DynamoDBStateStore/counts(_:)`` reads them all (one query).
+    public var counterShards: Int
+    /// Calls in flight within one batch operation (heartbeats, transactions that number no task).
     public var concurrency: Int
     /// How often `UnprocessedItems` / `UnprocessedKeys` are sent again.
     public var batchRetries: Int
 
     /// Creates a configuration.
-    public init(region: String, table: String, taskShards: Int = 4, leaseShards: Int = 8, concurrency: Int = 8, batchRetries: Int = 10) {
+    public init(
+        region: String, table: String, taskShards: Int = 4, leaseShards: Int = 8, counterShards: Int = 16, concurrency: Int = 8, batchRetries: Int = 10
+    ) {
         self.region = region
         self.table = table
         self.taskShards = taskShards
         self.leaseShards = leaseShards
+        self.counterShards = Swift.max(1, counterShards)
         self.concurrency = concurrency
         self.batchRetries = batchRetries
     }

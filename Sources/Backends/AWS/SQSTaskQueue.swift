@@ -18,6 +18,8 @@ public final class SQSTaskQueue: DeadLetteringTaskQueue {
     private let clock: any GridClock
     private let queues = Mutex<QueueDirectory>(QueueDirectory())
     private let leases = Mutex<[String: Date]>([:])
+    /// Whether the last lease call ended with a long poll that found nothing (see ``lease(max:duration:order:wait:)``).
+    private let idleAfterLongPoll = Mutex(false)
 
     private struct QueueDirectory {
         var urls: [Int: String] = [:]
@@ -49,35 +51,95 @@ public final class SQSTaskQueue: DeadLetteringTaskQueue {
         _ = try await calls.concurrentMap(width: configuration.concurrency) { call in try await self.send(call.batch, to: call.url) }
     }
 
+    /// Leases in priority order, waiting with SQS long polling (`WaitTimeSeconds`, at most 20 s a
+    /// request: `wait` rounded to whole seconds, 0 when `wait` is under half a second).
+    ///
+    /// With one priority queue, each request is one long poll of that queue, so a lease call that
+    /// waits costs one `ReceiveMessage` per 20 s. With several, the queues are first read in priority
+    /// order without waiting (skipped when this queue's last lease call ended in a long poll that found
+    /// nothing, so an idle agent does not pay it), then long-polled all at once: one `ReceiveMessage`
+    /// per queue per 20 s. The first poll that brings messages ends the call and the others are
+    /// aborted; a message SQS had already handed to an aborted poll is delivered again after `duration`
+    /// (its receive count grows by one). Cancelling the calling task aborts the polls under way.
+    ///
+    /// - Throws: `CancellationError` when cancelled; ``GridKernel/GridError/Code/unavailable``.
     public func lease(max: Int, duration: Duration, order: PriorityOrder, wait: Duration) async throws -> [Lease] {
         guard max > 0 else { return [] }
         let deadline = clock.now.addingTimeInterval(wait.timeInterval)
-        var pass = 0
+        var skipShortPass = idleAfterLongPoll.withLock { $0 }
+        var refresh = false
         while true {
-            let known = try await knownQueues(refresh: pass > 0)
-            let ordered = known.keys.sorted { order == .highestFirst ? $0 > $1 : $0 < $1 }
-            let remaining = deadline.timeIntervalSince(clock.now)
-            let waitSeconds: Int
-            if pass == 0 || remaining < 1 || ordered.isEmpty {
-                waitSeconds = 0
-            } else {
-                waitSeconds = Int(min(20, Swift.max(1, (remaining / Double(ordered.count)).rounded(.down))))
+            let known = try await knownQueues(refresh: refresh)
+            let ordered = known.keys.sorted { order == .highestFirst ? $0 > $1 : $0 < $1 }.compactMap { priority in known[priority].map { (priority, $0) } }
+            let seconds = Int(Swift.min(20, Swift.max(0, deadline.timeIntervalSince(clock.now))).rounded())
+            if ordered.isEmpty {
+                // No queue yet: look again for one (at most one listing a second) until the deadline.
+                let left = deadline.timeIntervalSince(clock.now)
+                guard left >= 1 else { return [] }
+                try await clock.sleep(for: .seconds(Swift.min(1, left)))
+                refresh = true
+                continue
             }
+            refresh = false
             var found: [Lease] = []
-            for priority in ordered where found.count < max {
-                guard let url = known[priority] else { continue }
-                while found.count < max {
-                    let batch = try await receive(from: url, priority: priority, max: Swift.min(10, max - found.count), duration: duration, wait: waitSeconds)
-                    found += batch
-                    if batch.isEmpty || waitSeconds > 0 { break }
+            if ordered.count == 1 || !skipShortPass || seconds == 0 {
+                for (priority, url) in ordered where found.count < max {
+                    found += try await drain(url, priority: priority, max: max - found.count, duration: duration, wait: ordered.count == 1 ? seconds : 0)
                 }
-                if waitSeconds > 0 && !found.isEmpty { break }
             }
-            pass += 1
-            let left = deadline.timeIntervalSince(clock.now)
-            if !found.isEmpty || left < 1 { return found }
-            if ordered.isEmpty { try await clock.sleep(for: .seconds(Swift.min(1, left))) }
+            if found.isEmpty && ordered.count > 1 && seconds > 0 {
+                found = try await longPoll(ordered, max: max, duration: duration, wait: seconds)
+            }
+            skipShortPass = true
+            let longPolled = seconds > 0
+            idleAfterLongPoll.withLock { $0 = found.isEmpty && longPolled }
+            if !found.isEmpty || deadline.timeIntervalSince(clock.now) < 0.5 { return found }
         }
+    }
+
+    /// Receives from one queue: one request waiting up to `wait` seconds, then, while SQS hands out
+    /// full batches, more without waiting, up to `max` messages.
+    private func drain(_ url: String, priority: Int, max: Int, duration: Duration, wait: Int) async throws -> [Lease] {
+        var found: [Lease] = []
+        var seconds = wait
+        while found.count < max {
+            let asked = Swift.min(10, max - found.count)
+            let batch = try await receive(from: url, priority: priority, max: asked, duration: duration, wait: seconds)
+            found += batch
+            if batch.count < asked { break }
+            seconds = 0
+        }
+        return found
+    }
+
+    /// Long-polls every queue at once until one brings messages (the other polls are then aborted)
+    /// or all come back empty. Messages beyond `max` (two polls answering together) are released.
+    private func longPoll(_ queues: [(priority: Int, url: String)], max: Int, duration: Duration, wait: Int) async throws -> [Lease] {
+        var found: [Lease] = []
+        try await withThrowingTaskGroup(of: [Lease].self) { group in
+            for (priority, url) in queues {
+                group.addTask { try await self.receive(from: url, priority: priority, max: Swift.min(10, max), duration: duration, wait: wait) }
+            }
+            while let result = await group.nextResult() {
+                switch result {
+                case .success(let batch):
+                    found += batch
+                    if !found.isEmpty { group.cancelAll() }
+                case .failure(let error):
+                    // Polls aborted once messages came, or because the caller was cancelled (checked
+                    // below), end so; any other failure before messages came is the caller's.
+                    if found.isEmpty && !(error is CancellationError) { throw error }
+                }
+            }
+        }
+        try Task.checkCancellation()
+        let rank = Dictionary(uniqueKeysWithValues: queues.enumerated().map { ($0.element.priority, $0.offset) })
+        found.sort { rank[$0.priority, default: 0] < rank[$1.priority, default: 0] }
+        if found.count > max {
+            try await release(Array(found[max...]), delay: .zero)
+            found.removeLast(found.count - max)
+        }
+        return found
     }
 
     public func extend(_ leases: [Lease], duration: Duration) async throws -> [Lease] {
@@ -294,7 +356,7 @@ public final class SQSTaskQueue: DeadLetteringTaskQueue {
             [
                 "QueueUrl": .string(url), "MaxNumberOfMessages": .int(max), "VisibilityTimeout": .int(Self.visibilitySeconds(duration)),
                 "WaitTimeSeconds": .int(wait), "MessageSystemAttributeNames": ["ApproximateReceiveCount"], "AttributeNames": ["ApproximateReceiveCount"],
-            ], resource: url, repeatability: .safe)
+            ], resource: url, repeatability: .safe, timeout: .seconds(wait + 10))
         let expiry = start.addingTimeInterval(duration.timeInterval)
         var found: [Lease] = []
         var malformed: [Lease] = []
