@@ -5,12 +5,12 @@ import GridKernel
 /// The state store in an SQLite file: sessions in the `session` table, tasks in the `task` table.
 ///
 /// Every transition is a conditional `UPDATE … WHERE <expected state and owner>`, one statement per
-/// session of the batch (the tasks travel as a JSON list), all in one `BEGIN IMMEDIATE` transaction, so
-/// a batch of N tasks costs one transaction and N index lookups. Exactly one of several concurrent
-/// claimers (threads or processes) wins a task because SQLite serialises the write transactions. The
-/// rows that changed state come back through `RETURNING`; in the same transaction one upsert per
-/// session moves the counters of `session_counts` and one statement per session numbers the tasks
-/// that became terminal (``TaskMoves``).
+/// session of the batch (the tasks travel as a JSON list; `fail` runs one per task), all in one
+/// `BEGIN IMMEDIATE` transaction, so a batch of N tasks costs one transaction and N index lookups.
+/// Exactly one of several concurrent claimers (threads or processes) wins a task because SQLite
+/// serialises the write transactions. The rows that changed state come back through `RETURNING`; in
+/// the same transaction one upsert per session moves the counters of `session_counts` and one
+/// statement per session numbers the tasks that became terminal (``TaskMoves``).
 public struct SQLiteStateStore: StateStore {
     /// The database holding the state.
     public let database: SQLiteDatabase
