@@ -144,7 +144,7 @@ import Testing
             let migrations = try await reopened.read("test") { db in
                 try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations")
             }
-            #expect(migrations == ["v1", "v2"])
+            #expect(migrations == ["v1", "v2", "v3"])
         }
     }
 
@@ -198,6 +198,9 @@ import Testing
             #expect(ready.contains("queue_ready") && !ready.contains("TEMP B-TREE"), "\(ready)")
             let due = try await plan("UPDATE queue SET status = 0 WHERE status <> 0 AND visible_at <= 5")
             #expect(due.contains("queue_timer"), "\(due)")
+            let completions = try await plan(
+                SQLiteStateStore.completionsSQL.replacingOccurrences(of: "session = ?", with: "session = 'a'").replacingOccurrences(of: "?", with: "3"))
+            #expect(completions.contains("task_completion") && !completions.contains("TEMP B-TREE"), "\(completions)")
         }
     }
 
@@ -258,6 +261,56 @@ import Testing
             async let leased = consumer.lease(max: 10, duration: .seconds(10), order: .highestFirst, wait: .seconds(30))
             try await producer.enqueue([QueuedTask(id: id, priority: 0)])
             #expect(try await leased.map(\.id) == [id])
+        }
+    }
+
+    /// A file made before counters and completion order (schema v2) is upgraded when opened: the
+    /// counters are those of its tasks, its terminal tasks are numbered by completion date then index,
+    /// and later transitions go on from there.
+    @Test func aFileFromBeforeCountersIsUpgraded() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory.file("v2.db")
+            let session = SessionID.random()
+            let other = SessionID.random()
+            // (index, state, completed_at): terminal tasks completed out of index order, two at the same date.
+            let rows: [(Int, String, Double?)] = [
+                (0, "finished", 30), (1, "pending", nil), (2, "failed", 10), (3, "processing", nil),
+                (4, "cancelled", 30), (5, "finished", 20), (6, "pending", nil),
+            ]
+            do {
+                let pool = try DatabasePool(path: path)
+                try SQLiteSchema.migrator.migrate(pool, upTo: "v2")
+                try await pool.write { db in
+                    for (index, state, completed) in rows {
+                        try db.execute(
+                            sql: """
+                                INSERT INTO task (session, idx, state, owner, lease_expiry, retries, max_retries, priority, submitted_at, completed_at, attempt)
+                                VALUES (?, ?, ?, ?, ?, 0, 0, 0, 1700000000, ?, 1)
+                                """,
+                            arguments: [session.rawValue, index, state, state == "processing" ? "agent" : nil, state == "processing" ? 1_700_000_060.0 : nil, completed])
+                    }
+                    try db.execute(
+                        sql: "INSERT INTO task (session, idx, state, retries, max_retries, priority, submitted_at, completed_at) VALUES (?, 0, 'finished', 0, 0, 0, 1700000000, 5)",
+                        arguments: [other.rawValue])
+                }
+                try pool.close()
+            }
+            let store = SQLiteStateStore(database: try await openDatabase(path))
+            #expect(try await store.counts(session) == StateCounts([.pending: 2, .processing: 1, .finished: 2, .failed: 1, .cancelled: 1]))
+            #expect(try await store.counts(other) == StateCounts([.finished: 1]))
+            let order = try await store.completions(session, after: 0, limit: 10)
+            #expect(order.map(\.id.index) == [2, 5, 0, 4], "by completion date, then index")
+            #expect(order.map(\.completionSequence) == [1, 2, 3, 4])
+            #expect(try await store.completions(other, after: 0, limit: 10).map(\.completionSequence) == [1])
+            #expect(try await store.task(TaskID(session: session, index: 1)).completionSequence == nil)
+
+            // The next transitions count and number from there.
+            let now = Date(timeIntervalSince1970: 1_700_000_010)
+            let processing = TaskID(session: session, index: 3)
+            #expect(try await store.finish([TaskCompletion(id: processing, attempt: 1, output: nil)], owner: AgentID("agent"), at: now).count == 1)
+            _ = try await store.cancel([TaskID(session: session, index: 6)], at: now)
+            #expect(try await store.completions(session, after: 4, limit: 10).map(\.id.index) == [3, 6])
+            #expect(try await store.counts(session) == StateCounts([.pending: 1, .finished: 3, .failed: 1, .cancelled: 2]))
         }
     }
 

@@ -66,7 +66,11 @@ import Testing
                 running.claimToken = claimedToken
                 let expected = running.afterFailure(message: "err \(record.id.index)", retryable: retryable, at: now + 2)
                 #expect(states[record.id] == expected.state)
-                #expect(try await store.task(record.id) == expected)
+                // The store numbers terminal tasks (the kernel's rule functions leave the number alone).
+                var stored = try await store.task(record.id)
+                #expect((stored.completionSequence != nil) == expected.state.isTerminal)
+                stored.completionSequence = nil
+                #expect(stored == expected)
             }
         }
     }

@@ -26,13 +26,15 @@ public final class SQLiteDatabase: Sendable {
     public let logger: Logger
 
     let pool: DatabasePool
-    let arrivals = ArrivalSignal()
+    /// Wake-ups of waiters in this and other processes (see ``SQLiteWakeUps``).
+    let wakeUps: SQLiteWakeUps
 
     private init(path: String, pool: DatabasePool, clock: any GridClock, logger: Logger) {
         self.path = path
         self.pool = pool
         self.clock = clock
         self.logger = logger
+        wakeUps = SQLiteWakeUps(databasePath: path, logger: logger)
     }
 
     /// Opens or creates the database file at `path` and brings its schema up to date.
@@ -91,12 +93,14 @@ public final class SQLiteDatabase: Sendable {
         return SQLiteDatabase(path: path, pool: pool, clock: clock, logger: logger)
     }
 
-    /// Closes the database connections. Later calls on this database or its stores fail.
+    /// Closes the database connections and removes this process' wake-up socket. Later calls on this
+    /// database or its stores fail.
     ///
-    /// Not required: the connections also close when the last reference goes away.
+    /// Not required: the connections close and the socket is removed when the last reference goes away.
     ///
     /// - Throws: ``GridError/Code/unavailable`` if a connection cannot be closed.
     public func close() async throws {
+        wakeUps.close()
         let pool = self.pool
         let path = self.path
         try await Self.offPool {

@@ -24,6 +24,16 @@ import GRDB
 //     order are range scans of this index (the primary key columns come with it, so it covers counts).
 //   task_lease (lease_expiry) WHERE state = 'processing': a partial index holding only running
 //     tasks, so the reaper finds expired leases with a range scan instead of reading every task.
+//   completion_seq (v3): the task's place in its session's completion order (1, 2, 3, … with no gap),
+//     set in the write transaction that makes the task terminal; NULL while it is live.
+//   task_completion (session, completion_seq) WHERE completion_seq IS NOT NULL: reading a session's
+//     completions after number n is a range scan of this index.
+//
+// session_counts (v3) — one row per session that has tasks, kept by every transition in its write
+//     transaction: session TEXT primary key (WITHOUT ROWID; no foreign key: tasks may be created
+//     before or without their session row), pending, processing, finished, failed, cancelled.
+//     counts() reads this row; finished + failed + cancelled is also the session's last completion
+//     number, from which the next terminal tasks are numbered. deleteSession removes the row.
 //
 // queue — one row per message (TaskQueue). A task enqueued twice is two messages (at-least-once).
 //     id INTEGER PRIMARY KEY (the rowid: enqueue order, which is FIFO within a priority),
@@ -149,6 +159,36 @@ enum SQLiteSchema {
                     PRIMARY KEY (session, key)
                 ) WITHOUT ROWID;
                 CREATE INDEX IF NOT EXISTS submission_active ON submission (updated_at) WHERE state IN ('open', 'repairing');
+                """)
+        }
+        // Counts kept with the transitions and the completion order: a file made by an earlier version
+        // gets its counters from its tasks and its terminal tasks numbered by completion date, then index.
+        migrator.registerMigration("v3") { db in
+            if try !db.columns(in: "task").map(\.name).contains("completion_seq") {
+                try db.execute(sql: "ALTER TABLE task ADD COLUMN completion_seq INTEGER")
+            }
+            try db.execute(sql: """
+                CREATE TABLE IF NOT EXISTS session_counts (
+                    session    TEXT NOT NULL PRIMARY KEY,
+                    pending    INTEGER NOT NULL DEFAULT 0,
+                    processing INTEGER NOT NULL DEFAULT 0,
+                    finished   INTEGER NOT NULL DEFAULT 0,
+                    failed     INTEGER NOT NULL DEFAULT 0,
+                    cancelled  INTEGER NOT NULL DEFAULT 0
+                ) WITHOUT ROWID;
+                CREATE INDEX IF NOT EXISTS task_completion ON task (session, completion_seq) WHERE completion_seq IS NOT NULL;
+
+                INSERT OR REPLACE INTO session_counts (session, pending, processing, finished, failed, cancelled)
+                SELECT session, sum(state = 'pending'), sum(state = 'processing'), sum(state = 'finished'),
+                    sum(state = 'failed'), sum(state = 'cancelled')
+                FROM task GROUP BY session;
+
+                UPDATE task SET completion_seq = numbered.seq
+                FROM (
+                    SELECT session, idx, row_number() OVER (PARTITION BY session ORDER BY completed_at, idx) AS seq
+                    FROM task WHERE state IN ('finished', 'failed', 'cancelled')
+                ) AS numbered
+                WHERE task.session = numbered.session AND task.idx = numbered.idx;
                 """)
         }
         return migrator

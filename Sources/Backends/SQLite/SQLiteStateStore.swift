@@ -4,17 +4,26 @@ import GridKernel
 
 /// The state store in an SQLite file: sessions in the `session` table, tasks in the `task` table.
 ///
-/// Every transition is a conditional `UPDATE … WHERE <expected state and owner>` run for each task
-/// of the batch through one cached prepared statement, all in one `BEGIN IMMEDIATE` transaction, so
-/// a batch of N tasks costs one transaction and N index lookups. Exactly one of several concurrent
-/// claimers (threads or processes) wins a task because SQLite serialises the write transactions.
+/// Every transition is a conditional `UPDATE … WHERE <expected state and owner>`, one statement per
+/// session of the batch (the tasks travel as a JSON list; `fail` runs one per task), all in one
+/// `BEGIN IMMEDIATE` transaction, so a batch of N tasks costs one transaction and N index lookups.
+/// Exactly one of several concurrent claimers (threads or processes) wins a task because SQLite
+/// serialises the write transactions. The rows that changed state come back through `RETURNING`; in
+/// the same transaction one upsert per session moves the counters of `session_counts` and one
+/// statement per session numbers the tasks that became terminal (``TaskMoves``).
 public struct SQLiteStateStore: StateStore {
     /// The database holding the state.
     public let database: SQLiteDatabase
+    /// How often ``waitForCompletions(_:after:timeout:)`` looks at the counters when no wake-up came
+    /// (completions by processes whose wake-ups cannot reach this one).
+    public let completionPollInterval: Duration
 
     /// Creates a state store on `database`.
-    public init(database: SQLiteDatabase) {
+    ///
+    /// - Parameter completionPollInterval: how often a wait for completions looks without a wake-up.
+    public init(database: SQLiteDatabase, completionPollInterval: Duration = .milliseconds(250)) {
         self.database = database
+        self.completionPollInterval = completionPollInterval
     }
 
     private var backend: String { SQLiteDatabase.backendName }
@@ -152,7 +161,8 @@ public struct SQLiteStateStore: StateStore {
 
     // MARK: - Tasks
 
-    /// Inserts task records, leaving existing ones as they are (`INSERT OR IGNORE`), in one transaction.
+    /// Inserts task records, leaving existing ones as they are (`INSERT OR IGNORE`), in one transaction;
+    /// only the records inserted are counted, and those inserted in a terminal state are numbered.
     ///
     /// A submission's records differ only in their index: such a batch is inserted by one statement
     /// over the list of indices; other batches row by row.
@@ -165,12 +175,12 @@ public struct SQLiteStateStore: StateStore {
             twin.id = TaskID(session: first.id.session, index: first.id.index)
             return twin == first && task.id.session == first.id.session
         }
-        if uniform && first.output == nil {
+        if uniform && first.output == nil && !first.state.isTerminal {
             let indices = Self.jsonArray(tasks.map(\.id.index))
             try await database.write("createTasks") { db in
                 try db.cachedStatement(
                     sql: """
-                        INSERT OR IGNORE INTO task (\(Self.taskColumns))
+                        INSERT OR IGNORE INTO task (\(Self.insertColumns))
                         SELECT ?, value, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ? FROM json_each(?)
                         """
                 ).execute(arguments: [
@@ -180,12 +190,16 @@ public struct SQLiteStateStore: StateStore {
                     first.startedAt?.timeIntervalSince1970, first.completedAt?.timeIntervalSince1970, first.lastError,
                     first.attempt, Self.stored(first.claimToken), indices,
                 ])
+                var moves = TaskMoves()
+                moves.move(first.id.session.rawValue, count: db.changesCount, from: nil, to: first.state)
+                try moves.save(db)
             }
             return
         }
-        try await database.write("createTasks") { db in
+        let completed = try await database.write("createTasks") { db in
             let insert = try db.cachedStatement(
-                sql: "INSERT OR IGNORE INTO task (\(Self.taskColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS BLOB), ?, ?)")
+                sql: "INSERT OR IGNORE INTO task (\(Self.insertColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS BLOB), ?, ?)")
+            var moves = TaskMoves()
             for task in tasks {
                 try insert.execute(arguments: [
                     task.id.session.rawValue, task.id.index, task.state.rawValue, task.owner?.rawValue,
@@ -194,8 +208,12 @@ public struct SQLiteStateStore: StateStore {
                     task.startedAt?.timeIntervalSince1970, task.completedAt?.timeIntervalSince1970, task.lastError,
                     DatabaseValue.blob(task.output), task.attempt, Self.stored(task.claimToken),
                 ])
+                if db.changesCount > 0 { moves.move(task.id.session.rawValue, task.id.index, from: nil, to: task.state) }
             }
+            try moves.save(db)
+            return moves.completed
         }
+        if completed { database.wakeUps.notify(.completions) }
     }
 
     /// Claims the pending, unowned tasks among `ids` for `owner`, each starting a new attempt; tasks
@@ -223,13 +241,17 @@ public struct SQLiteStateStore: StateStore {
             let expiry = leaseExpiry.timeIntervalSince1970
             let started = now.timeIntervalSince1970
             var won: [TaskID: TaskRecord] = [:]
+            var moves = TaskMoves()
             for (session, indices) in Self.bySession(ids) {
                 let rows = try Row.fetchCursor(
                     update, arguments: [owner.rawValue, expiry, started, Self.stored(token), session.rawValue, Self.jsonArray(indices)])
+                var claimed = 0
                 while let row = try rows.next() {
                     let id = TaskID(session: session, index: row[1])
                     won[id] = try Self.decodeTask(row, id: id)
+                    claimed += 1
                 }
+                moves.move(session.rawValue, count: claimed, from: .pending, to: .processing)
                 // The same call sent again after a lost reply: what it won before is still its own. Only
                 // the tasks this update did not win are looked at, so a first call costs nothing more.
                 let rest = indices.filter { won[TaskID(session: session, index: $0)] == nil }
@@ -240,6 +262,7 @@ public struct SQLiteStateStore: StateStore {
                     won[id] = try Self.decodeTask(row, id: id)
                 }
             }
+            try moves.save(db)
             // RETURNING yields rows in no particular order: answer in the order asked.
             return ids.compactMap { won.removeValue(forKey: $0) }
         }
@@ -250,7 +273,7 @@ public struct SQLiteStateStore: StateStore {
     /// - Returns: the tasks still held.
     /// - Throws: ``GridError/Code/unavailable``.
     public func heartbeat(_ attempts: [TaskAttempt], owner: AgentID, leaseExpiry: Date) async throws -> Set<TaskID> {
-        try await attemptTransition("heartbeat", attempts, owner: owner, set: "lease_expiry = ?4", leaseExpiry.timeIntervalSince1970)
+        try await attemptTransition("heartbeat", attempts, owner: owner, set: "lease_expiry = ?4", leaseExpiry.timeIntervalSince1970, moving: nil)
     }
 
     /// Gives back the current attempts `owner` holds: pending again, owner and lease cleared, no retry.
@@ -258,13 +281,14 @@ public struct SQLiteStateStore: StateStore {
     /// - Returns: the tasks released.
     /// - Throws: ``GridError/Code/unavailable``.
     public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
-        try await attemptTransition("release", attempts, owner: owner, set: "state = 'pending', \(Self.unheld)", nil)
+        try await attemptTransition("release", attempts, owner: owner, set: "state = 'pending', \(Self.unheld)", nil, moving: .pending)
     }
 
     /// One `UPDATE … SET <set>` of the attempts among `attempts` that are current and owned by `owner`,
-    /// per session; the (index, attempt) pairs travel as a JSON array. `?4` is `value`.
+    /// per session; the (index, attempt) pairs travel as a JSON array. `?4` is `value`. `moving` is the
+    /// live state the update puts the tasks in, if it changes it.
     private func attemptTransition(
-        _ operation: String, _ attempts: [TaskAttempt], owner: AgentID, set: String, _ value: Double?
+        _ operation: String, _ attempts: [TaskAttempt], owner: AgentID, set: String, _ value: Double?, moving: TaskState?
     ) async throws -> Set<TaskID> {
         guard !attempts.isEmpty else { return [] }
         let groups = Self.bySession(attempts)
@@ -278,12 +302,18 @@ public struct SQLiteStateStore: StateStore {
                     RETURNING task.idx
                     """)
             var held = Set<TaskID>(minimumCapacity: attempts.count)
+            var moves = TaskMoves()
             for (session, batch) in groups {
                 var arguments: StatementArguments = [batch.text, session.rawValue, owner.rawValue]
                 if let value { arguments += [value] }
                 let rows = try Int.fetchCursor(update, arguments: arguments)
-                while let index = try rows.next() { held.insert(TaskID(session: session, index: index)) }
+                var changed = 0
+                while let index = try rows.next() {
+                    if held.insert(TaskID(session: session, index: index)).inserted { changed += 1 }
+                }
+                if let moving { moves.move(session.rawValue, count: changed, from: .processing, to: moving) }
             }
+            try moves.save(db)
             return held
         }
     }
@@ -300,7 +330,7 @@ public struct SQLiteStateStore: StateStore {
             batch.bytes(completion.output)
             batch.int(completion.attempt)
         }
-        return try await database.write("finish") { [groups] db in
+        let finished = try await database.write("finish") { [groups] db in
             // The materialised list drives the join, so each completion is one primary-key lookup.
             let update = try db.cachedStatement(
                 sql: """
@@ -312,14 +342,22 @@ public struct SQLiteStateStore: StateStore {
                     RETURNING task.idx
                     """)
             var finished = Set<TaskID>(minimumCapacity: completions.count)
+            var moves = TaskMoves()
             let completed = at.timeIntervalSince1970
             for (session, batch) in groups {
                 let rows = try Int.fetchCursor(
                     update, arguments: [batch.text, completed, batch.blob, session.rawValue, owner.rawValue])
-                while let index = try rows.next() { finished.insert(TaskID(session: session, index: index)) }
+                while let index = try rows.next() {
+                    if finished.insert(TaskID(session: session, index: index)).inserted {
+                        moves.move(session.rawValue, index, from: .processing, to: .finished)
+                    }
+                }
             }
+            try moves.save(db)
             return finished
         }
+        if !finished.isEmpty { database.wakeUps.notify(.completions) }
+        return finished
     }
 
     /// Records failed runs of the current attempts `owner` holds, by the retry rule of
@@ -329,10 +367,11 @@ public struct SQLiteStateStore: StateStore {
     /// - Throws: ``GridError/Code/unavailable``.
     public func fail(_ failures: [TaskFailure], owner: AgentID, at: Date) async throws -> [TaskID: TaskState] {
         guard !failures.isEmpty else { return [:] }
-        return try await database.write("fail") { db in
+        let states = try await database.write("fail") { db in
             let update = try db.cachedStatement(
                 sql: Self.failSQL(where: "session = ?5 AND idx = ?6 AND state = 'processing' AND owner = ?4 AND attempt = ?7"))
             var states: [TaskID: TaskState] = [:]
+            var moves = TaskMoves()
             let date = at.timeIntervalSince1970
             for failure in failures where states[failure.id] == nil {
                 let arguments: StatementArguments = [
@@ -340,11 +379,17 @@ public struct SQLiteStateStore: StateStore {
                 ]
                 let rows = try Row.fetchCursor(update, arguments: arguments)
                 while let row = try rows.next() {
-                    if let state = TaskState(rawValue: row[1]) { states[failure.id] = state }
+                    if let state = TaskState(rawValue: row[1]) {
+                        states[failure.id] = state
+                        moves.move(failure.id.session.rawValue, failure.id.index, from: .processing, to: state)
+                    }
                 }
             }
+            try moves.save(db)
             return states
         }
+        if states.values.contains(where: \.isTerminal) { database.wakeUps.notify(.completions) }
+        return states
     }
 
     /// Reaps the tasks among `ids` that are processing with a lease expiry before `now`, by the retry
@@ -355,21 +400,28 @@ public struct SQLiteStateStore: StateStore {
     public func expire(_ ids: [TaskID], now: Date) async throws -> [TaskID: TaskState] {
         guard !ids.isEmpty else { return [:] }
         let groups = Self.bySession(ids)
-        return try await database.write("expire") { db in
+        let states = try await database.write("expire") { db in
             let update = try db.cachedStatement(
                 sql: Self.failSQL(
                     where: "session = ?5 AND idx IN (SELECT value FROM json_each(?6)) AND state = 'processing' AND lease_expiry < ?4"))
             var states: [TaskID: TaskState] = [:]
+            var moves = TaskMoves()
             let date = now.timeIntervalSince1970
             for (session, indices) in groups {
                 let arguments: StatementArguments = [true, date, "lease expired", date, session.rawValue, Self.jsonArray(indices)]
                 let rows = try Row.fetchCursor(update, arguments: arguments)
                 while let row = try rows.next() {
-                    if let state = TaskState(rawValue: row[1]) { states[TaskID(session: session, index: row[0])] = state }
+                    if let state = TaskState(rawValue: row[1]) {
+                        states[TaskID(session: session, index: row[0])] = state
+                        moves.move(session.rawValue, row[0], from: .processing, to: state)
+                    }
                 }
             }
+            try moves.save(db)
             return states
         }
+        if states.values.contains(where: \.isTerminal) { database.wakeUps.notify(.completions) }
+        return states
     }
 
     /// What every transition out of `processing` clears (``TaskRecord``'s rules): owner, lease, token.
@@ -396,20 +448,39 @@ public struct SQLiteStateStore: StateStore {
     /// - Throws: ``GridError/Code/unavailable``.
     public func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID> {
         guard !failures.isEmpty else { return [] }
-        return try await database.write("forceFail") { db in
+        // Per session: the indices and the messages (packed into one blob); the first failure of a task wins.
+        var seen = Set<TaskID>()
+        let groups = Self.batches(failures.filter { seen.insert($0.id).inserted }, id: \.id) { batch, failure in
+            batch.bytes(Array(failure.message.utf8))
+        }
+        let failed = try await database.write("forceFail") { [groups] db in
             let update = try db.cachedStatement(
                 sql: """
-                    UPDATE task SET state = 'failed', \(Self.unheld), last_error = ?, completed_at = ?
-                    WHERE session = ? AND idx = ? AND state IN ('pending', 'processing')
+                    WITH j(i, o, l) AS MATERIALIZED (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1))
+                    UPDATE task SET state = 'failed', \(Self.unheld), completed_at = ?3,
+                        last_error = CAST(substr(CAST(?2 AS BLOB), j.o, j.l) AS TEXT)
+                    FROM j
+                    WHERE task.session = ?4 AND task.idx = j.i AND task.state = ?5
+                    RETURNING task.idx
                     """)
             var failed = Set<TaskID>(minimumCapacity: failures.count)
+            var moves = TaskMoves()
             let date = at.timeIntervalSince1970
-            for failure in failures where !failed.contains(failure.id) {
-                try update.execute(arguments: [failure.message, date, failure.id.session.rawValue, failure.id.index])
-                if db.changesCount > 0 { failed.insert(failure.id) }
+            for (session, batch) in groups {
+                // Live tasks in either state: one statement per state, so each row's old state is known.
+                for state in [TaskState.pending, .processing] {
+                    let rows = try Int.fetchCursor(update, arguments: [batch.text, batch.blob, date, session.rawValue, state.rawValue])
+                    while let index = try rows.next() {
+                        failed.insert(TaskID(session: session, index: index))
+                        moves.move(session.rawValue, index, from: state, to: .failed)
+                    }
+                }
             }
+            try moves.save(db)
             return failed
         }
+        if !failed.isEmpty { database.wakeUps.notify(.completions) }
+        return failed
     }
 
     /// Cancels the tasks among `ids` that are not terminal (owner cleared).
@@ -417,21 +488,19 @@ public struct SQLiteStateStore: StateStore {
     /// - Throws: ``GridError/Code/unavailable``.
     public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
         guard !ids.isEmpty else { return CancelCounts() }
-        return try await database.write("cancel") { db in
-            let update = try db.cachedStatement(sql: Self.cancelSQL(scope: "session = ? AND idx = ?"))
-            var counts = CancelCounts()
+        let groups = Self.bySession(ids)
+        let counts = try await database.write("cancel") { db in
+            let update = try db.cachedStatement(sql: Self.cancelSQL(scope: "session = ?2 AND idx IN (SELECT value FROM json_each(?4))"))
+            var moves = TaskMoves()
             let date = at.timeIntervalSince1970
-            for id in Self.unique(ids) {
-                try update.execute(arguments: [date, id.session.rawValue, id.index, TaskState.pending.rawValue])
-                if db.changesCount > 0 {
-                    counts.pending += 1
-                    continue
-                }
-                try update.execute(arguments: [date, id.session.rawValue, id.index, TaskState.processing.rawValue])
-                counts.processing += db.changesCount
+            for (session, indices) in groups {
+                try Self.cancel(update, session: session, date: date, moves: &moves, Self.jsonArray(indices))
             }
-            return counts
+            try moves.save(db)
+            return moves.cancelled
         }
+        if counts != CancelCounts() { database.wakeUps.notify(.completions) }
+        return counts
     }
 
     /// Marks a session cancelled and cancels its non-terminal tasks, in one transaction.
@@ -439,21 +508,36 @@ public struct SQLiteStateStore: StateStore {
     /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/unavailable``.
     public func cancelSession(_ id: SessionID, at: Date) async throws -> CancelCounts {
         let backend = self.backend
-        return try await database.write("cancelSession") { db in
+        let counts = try await database.write("cancelSession") { db in
             try db.cachedStatement(sql: "UPDATE session SET cancelled = 1 WHERE id = ?").execute(arguments: [id.rawValue])
             guard db.changesCount > 0 else {
                 throw GridError.notFound("session \(id) does not exist", backend: backend)
             }
-            let update = try db.cachedStatement(sql: Self.cancelSQL(scope: "session = ?"))
-            let date = at.timeIntervalSince1970
-            try update.execute(arguments: [date, id.rawValue, TaskState.pending.rawValue])
-            let pending = db.changesCount
-            try update.execute(arguments: [date, id.rawValue, TaskState.processing.rawValue])
-            return CancelCounts(pending: pending, processing: db.changesCount)
+            let update = try db.cachedStatement(sql: Self.cancelSQL(scope: "session = ?2"))
+            var moves = TaskMoves()
+            try Self.cancel(update, session: id, date: at.timeIntervalSince1970, moves: &moves)
+            try moves.save(db)
+            return moves.cancelled
+        }
+        if counts != CancelCounts() { database.wakeUps.notify(.completions) }
+        return counts
+    }
+
+    /// Runs a cancel statement (``cancelSQL(scope:)``) for the pending, then the processing tasks of
+    /// `session`, recording the moves; `extra` is its `?4`, if any.
+    private static func cancel(
+        _ update: Statement, session: SessionID, date: Double, moves: inout TaskMoves, _ extra: String? = nil
+    ) throws {
+        for state in [TaskState.pending, .processing] {
+            var arguments: StatementArguments = [date, session.rawValue, state.rawValue]
+            if let extra { arguments += [extra] }
+            let rows = try Int.fetchCursor(update, arguments: arguments)
+            while let index = try rows.next() { moves.move(session.rawValue, index, from: state, to: .cancelled) }
         }
     }
 
-    /// Removes a session and all its task records, in one transaction.
+    /// Removes a session, all its task records (and so their completion numbers) and its counters, in
+    /// one transaction.
     ///
     /// - Throws: ``GridError/Code/notFound`` for an unknown session; ``GridError/Code/unavailable``.
     public func deleteSession(_ id: SessionID) async throws -> Int {
@@ -464,15 +548,18 @@ public struct SQLiteStateStore: StateStore {
                 throw GridError.notFound("session \(id) does not exist", backend: backend)
             }
             try db.cachedStatement(sql: "DELETE FROM submission WHERE session = ?").execute(arguments: [id.rawValue])
+            try db.cachedStatement(sql: "DELETE FROM session_counts WHERE session = ?").execute(arguments: [id.rawValue])
             try db.cachedStatement(sql: "DELETE FROM task WHERE session = ?").execute(arguments: [id.rawValue])
             return db.changesCount
         }
     }
 
+    /// Cancels the tasks of `scope` in state `?3`: `?1` is the date, `?2` the session.
     private static func cancelSQL(scope: String) -> String {
         """
-        UPDATE task SET state = 'cancelled', \(Self.unheld), completed_at = ?
-        WHERE \(scope) AND state = ?
+        UPDATE task SET state = 'cancelled', \(Self.unheld), completed_at = ?1
+        WHERE \(scope) AND state = ?3
+        RETURNING idx
         """
     }
 
@@ -512,19 +599,63 @@ public struct SQLiteStateStore: StateStore {
         }
     }
 
-    /// Counts a session's tasks by state (a scan of the `task_by_state` index range of the session).
+    /// Counts a session's tasks by state: one row of `session_counts`, kept by the transitions.
     ///
     /// - Throws: ``GridError/Code/unavailable``.
     public func counts(_ session: SessionID) async throws -> StateCounts {
         try await database.read("counts") { db in
+            Self.decodeCounts(
+                try Row.fetchOne(
+                    db.cachedStatement(sql: "SELECT \(Self.countColumns) FROM session_counts WHERE session = ?"),
+                    arguments: [session.rawValue]))
+        }
+    }
+
+    /// Reads a session's terminal tasks numbered after `sequence`, in order: a range of the index
+    /// `task_completion`. The numbers are dense, as each is given in the transaction that makes a
+    /// task terminal.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a negative `sequence` or a `limit` below 1;
+    ///   ``GridError/Code/unavailable``.
+    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
+        try CompletionPolling.check(after: sequence, limit: limit, backend: backend)
+        return try await database.read("completions") { db in
             let rows = try Row.fetchCursor(
-                db.cachedStatement(sql: "SELECT state, count(*) FROM task WHERE session = ? GROUP BY state"),
-                arguments: [session.rawValue])
-            var counts = StateCounts()
+                db.cachedStatement(sql: Self.completionsSQL), arguments: [session.rawValue, sequence, limit])
+            var records: [TaskRecord] = []
             while let row = try rows.next() {
-                if let state = TaskState(rawValue: row[0]) { counts[state] = row[1] }
+                records.append(try Self.decodeTask(row, id: TaskID(session: session, index: row[1])))
             }
-            return counts
+            return records
+        }
+    }
+
+    static let completionsSQL = """
+        SELECT \(taskColumns) FROM task WHERE session = ? AND completion_seq > ? ORDER BY completion_seq LIMIT ?
+        """
+
+    /// Waits until the session's terminal count passes `sequence`, looking at its counters when a
+    /// completion is announced (by this process, or by another through the database's wake-up socket)
+    /// and every ``completionPollInterval`` otherwise.
+    ///
+    /// - Throws: `CancellationError` at once when cancelled; ``GridError/Code/unavailable``.
+    public func waitForCompletions(_ session: SessionID, after sequence: Int, timeout: Duration) async throws -> Bool {
+        let deadline = ContinuousClock.now.advanced(by: max(timeout, .zero))
+        let signal = database.wakeUps.completions
+        // Listening before the first look: a completion committed after it sends this process a wake-up.
+        if timeout > .zero { database.wakeUps.listen() }
+        while true {
+            let generation = signal.generation
+            let terminal = try await database.read("waitForCompletions") { db in
+                try Int.fetchOne(
+                    db.cachedStatement(sql: "SELECT \(TaskMoves.terminalSum) FROM session_counts WHERE session = ?"),
+                    arguments: [session.rawValue]) ?? 0
+            }
+            if terminal > sequence { return true }
+            let remaining = ContinuousClock.now.duration(to: deadline)
+            guard remaining > .zero else { return false }
+            await signal.wait(after: generation, timeout: min(completionPollInterval, remaining))
+            try Task.checkCancellation()
         }
     }
 
@@ -555,11 +686,6 @@ public struct SQLiteStateStore: StateStore {
     /// through the partial index `task_lease`.
     ///
     /// - Throws: ``GridError/Code/unavailable``.
-    // ISSUE14-STUB: replaced by the backend's own completion order on its branch; never merged to main.
-    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
-        throw GridError(.internalError, "completion order not implemented yet")
-    }
-
     public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
         guard limit > 0 else { return [] }
         return try await database.read("expiredLeases") { db in
@@ -642,10 +768,14 @@ public struct SQLiteStateStore: StateStore {
         return text + "]"
     }
 
-    static let taskColumns = """
+    /// The columns a task is created with.
+    static let insertColumns = """
         session, idx, state, owner, lease_expiry, retries, max_retries, priority, timeout, \
         submitted_at, started_at, completed_at, last_error, output, attempt, claim_token
         """
+
+    /// The columns a task is read with (``decodeTask(_:id:)``).
+    static let taskColumns = insertColumns + ", completion_seq"
 
     private static func decodeTask(_ row: Row, id: TaskID) throws -> TaskRecord {
         let owner: String? = row[3]
@@ -665,7 +795,8 @@ public struct SQLiteStateStore: StateStore {
             lastError: row[12],
             output: try row.bytes(atIndex: 13),
             attempt: row[14],
-            claimToken: Self.claimToken(row[15])
+            claimToken: Self.claimToken(row[15]),
+            completionSequence: row[16]
         )
     }
 

@@ -20,16 +20,18 @@ public struct SQLiteTaskQueue: DeadLetteringTaskQueue {
     /// When set, a message that would become visible again after this many deliveries is moved to
     /// the dead letters instead (see ``drainDeadLetters(max:)``); `nil` redelivers forever.
     public let maxDeliveries: Int?
-    /// How often a waiting ``lease(max:duration:order:wait:)`` looks for messages that other processes
-    /// enqueued (messages enqueued or released by this process wake it at once).
+    /// How often a waiting ``lease(max:duration:order:wait:)`` looks for messages nobody announced:
+    /// messages whose delay or lease ran out, and messages of processes whose wake-ups cannot reach it
+    /// (enqueues and releases by this process and, through the wake-up sockets, by other processes of
+    /// this user wake it at once).
     public let pollInterval: Duration
 
     /// Creates a queue on `database`.
     ///
     /// - Parameters:
     ///   - maxDeliveries: the redrive limit, at least 1; `nil` (the default) redelivers forever.
-    ///   - pollInterval: how often a waiting lease checks for messages from other processes.
-    public init(database: SQLiteDatabase, maxDeliveries: Int? = nil, pollInterval: Duration = .milliseconds(50)) {
+    ///   - pollInterval: how often a waiting lease looks for messages nobody announced.
+    public init(database: SQLiteDatabase, maxDeliveries: Int? = nil, pollInterval: Duration = .milliseconds(250)) {
         precondition(maxDeliveries.map { $0 >= 1 } ?? true, "maxDeliveries must be at least 1")
         self.database = database
         self.maxDeliveries = maxDeliveries
@@ -62,31 +64,36 @@ public struct SQLiteTaskQueue: DeadLetteringTaskQueue {
                     """
             ).execute(arguments: [batch.text, batch.blob])
         }
-        database.arrivals.signal()
+        database.wakeUps.notify(.arrivals)
     }
 
     /// Leases up to `max` ready messages for `duration`, in `order` of priority, FIFO within a
     /// priority, in one transaction.
     ///
     /// When nothing is ready and `wait` is positive, waits up to `wait` of real (monotonic) time, not
-    /// of the database's clock: an enqueue or release by this process wakes the call at once; messages
-    /// of other processes are found by polling every ``pollInterval``. A negative `duration` counts as zero.
+    /// of the database's clock: an enqueue or release by this process, or by another process through
+    /// the database's wake-up socket, wakes the call at once; other messages (delays and leases
+    /// running out) are found by looking every ``pollInterval``. A negative `duration` counts as zero.
     ///
-    /// - Throws: ``GridError/Code/unavailable``; `CancellationError` if cancelled while waiting.
+    /// - Throws: ``GridError/Code/unavailable``; `CancellationError` at once if cancelled while waiting.
     public func lease(max: Int, duration: Duration, order: PriorityOrder, wait: Duration) async throws -> [Lease] {
         guard max > 0 else { return [] }
         let deadline = ContinuousClock.now.advanced(by: Swift.max(wait, .zero))
+        // Listening before the first look: an enqueue committed after it sends this process a wake-up.
+        if wait > .zero { database.wakeUps.listen() }
         while true {
-            let generation = database.arrivals.generation
+            var generation = database.wakeUps.arrivals.generation
             let leases = try await leaseOnce(max: max, duration: Swift.max(duration, .zero), order: order)
             if !leases.isEmpty || ContinuousClock.now >= deadline { return leases }
-            // Sleep until this process signals or one poll interval passes, then look (with a read) again.
+            // Sleep until a wake-up or one poll interval passes, then look (with a read) again.
             var visible = false
             while !visible {
                 let remaining = ContinuousClock.now.duration(to: deadline)
                 guard remaining > .zero else { return [] }
-                await database.arrivals.wait(after: generation, timeout: Swift.min(pollInterval, remaining))
+                await database.wakeUps.arrivals.wait(after: generation, timeout: Swift.min(pollInterval, remaining))
                 try Task.checkCancellation()
+                // A wake-up whose message another waiter took must not make the next wait return at once.
+                generation = database.wakeUps.arrivals.generation
                 visible = try await hasVisibleMessage()
             }
         }
@@ -216,7 +223,7 @@ public struct SQLiteTaskQueue: DeadLetteringTaskQueue {
         _ = try await database.write("release") { db in
             try Self.updateCurrent(db, handles, set: "status = 2, visible_at = ?2", visibleAt)
         }
-        database.arrivals.signal()
+        database.wakeUps.notify(.arrivals)
     }
 
     /// Counts messages per priority: `inFlight` are leased with a lease that has not expired;
