@@ -126,3 +126,18 @@ extension GridBackendPlugin {
         throw GridError.invalidArgument("'\(url.scheme)://' backends provide no payload store; choose another --payload URL")
     }
 }
+
+extension BackendURL {
+    /// The `poll_interval` option (seconds, above 0 and at most 3600) of backends that announce new
+    /// messages and completions: how often a waiting lease or completion wait looks when no
+    /// notification comes. `fallback` when the URL does not say.
+    ///
+    /// - Throws: ``GridError/Code/invalidArgument`` for a value that is not such a number.
+    public func pollInterval(default fallback: Duration) throws -> Duration {
+        guard let value = query["poll_interval"] else { return fallback }
+        guard let seconds = Double(value), seconds > 0, seconds <= 3_600 else {
+            throw GridError.invalidArgument("poll_interval=\(value) in \(self) is not a number of seconds from 0 to 3600", backend: scheme)
+        }
+        return Duration(timeInterval: seconds)
+    }
+}

@@ -119,12 +119,7 @@ public struct RedisConfiguration: Sendable, Hashable {
             }
             retention = .seconds(seconds)
         }
-        if let value = url.query["poll_interval"] {
-            guard let seconds = Double(value), seconds > 0, seconds <= 3_600 else {
-                throw GridError.invalidArgument("poll_interval=\(value) in \(url) is not a number of seconds from 0 to 3600", backend: "redis")
-            }
-            pollInterval = Duration(timeInterval: seconds)
-        }
+        pollInterval = try url.pollInterval(default: pollInterval)
         caFile = url.query["ca_file"]
         if let value = url.query["tls_verify"] {
             guard let flag = Bool(value) else {

@@ -6,7 +6,8 @@ import GridKernel
 ///
 /// `sqlite:///var/lib/htc/grid.db` names an absolute path, `sqlite://grid.db` a path relative to the
 /// working directory. Options: `?busy_timeout=SECONDS` (default 10), `?max_payload_bytes=N` (default
-/// 64 MiB). Every component of one file in one process shares a single connection pool.
+/// 64 MiB), `?poll_interval=SECONDS` (how often a waiting lease or completion wait looks when no
+/// wake-up comes; default 0.25). Every component of one file in one process shares a single connection pool.
 public struct SQLitePlugin: GridBackendPlugin {
     /// Creates the plugin.
     public init() {}
@@ -52,11 +53,11 @@ public struct SQLitePlugin: GridBackendPlugin {
     }
 
     public func makeQueue(_ url: BackendURL, context: BackendContext) async throws -> any TaskQueue {
-        SQLiteTaskQueue(database: try await database(url, context: context))
+        SQLiteTaskQueue(database: try await database(url, context: context), pollInterval: try url.pollInterval(default: .milliseconds(250)))
     }
 
     public func makeStateStore(_ url: BackendURL, context: BackendContext) async throws -> any StateStore {
-        SQLiteStateStore(database: try await database(url, context: context))
+        SQLiteStateStore(database: try await database(url, context: context), completionPollInterval: try url.pollInterval(default: .milliseconds(250)))
     }
 
     public func makePayloadStore(_ url: BackendURL, context: BackendContext) async throws -> any PayloadStore {
