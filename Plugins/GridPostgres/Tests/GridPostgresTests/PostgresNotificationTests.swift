@@ -144,10 +144,7 @@ struct PostgresNotificationTests {
 func eventually(_ what: String, within limit: Duration = .seconds(10), _ condition: () -> Bool) async throws {
     let deadline = ContinuousClock.now.advanced(by: limit)
     while !condition() {
-        guard ContinuousClock.now < deadline else {
-            Issue.record("not within \(limit): \(what)")
-            throw CancellationError()
-        }
+        guard ContinuousClock.now < deadline else { throw GridError.unavailable("not within \(limit): \(what)") }
         try await Task.sleep(for: .milliseconds(1))
     }
 }
