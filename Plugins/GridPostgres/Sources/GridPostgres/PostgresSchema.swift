@@ -63,7 +63,7 @@
 // never claimed under attempt numbering; no claim token). PostgreSQL 11 and later add a column with
 // a constant default without rewriting the table. The counters and the completion order came later
 // still: the block that creates task_counts also fills it from the task table, and numbers the
-// terminal tasks already there by completed_at, then idx (one pass over the task table, once). The
+// terminal tasks already there by completed_at, then idx (a few passes over the task table, once). The
 // processes of an older version do not keep the counters: stop them before a newer one opens the grid.
 
 import GridKernel
