@@ -3,7 +3,7 @@ import GridKernel
 
 /// Where and how to reach PostgreSQL, parsed from a `postgres://` (or `postgresql://`) URL.
 ///
-/// `postgres://[user[:password]@]host[:port][/database][?schema=htc&pool=8&sslmode=prefer&max_payload_bytes=N&poll_interval=0.05]`.
+/// `postgres://[user[:password]@]host[:port][/database][?schema=htc&pool=8&sslmode=prefer&max_payload_bytes=N&poll_interval=0.25]`.
 /// The user defaults to `$USER` (then `postgres`), the port to 5432, the database to the user's name.
 public struct PostgresConfiguration: Sendable, Hashable {
     /// How to use TLS (`sslmode`).
@@ -35,14 +35,15 @@ public struct PostgresConfiguration: Sendable, Hashable {
     public var tls: TLSMode
     /// The largest payload accepted by the payload store.
     public var maxPayloadBytes: Int
-    /// How often a waiting lease looks for new messages.
+    /// How often a waiting lease or completion waiter looks again while notifications (`LISTEN`) cannot
+    /// reach it; see ``PostgresDatabase/pollInterval``.
     public var pollInterval: Duration
 
     /// Creates a configuration with the defaults for everything but the host.
     public init(
         host: String = "127.0.0.1", port: Int = 5432, user: String = PostgresConfiguration.defaultUser, password: String? = nil,
         database: String? = nil, schema: String = "htc", poolSize: Int = 8, tls: TLSMode = .prefer,
-        maxPayloadBytes: Int = 64 << 20, pollInterval: Duration = .milliseconds(50)
+        maxPayloadBytes: Int = 64 << 20, pollInterval: Duration = .milliseconds(250)
     ) {
         self.host = host
         self.port = port

@@ -10,13 +10,17 @@ import Synchronization
 ///
 /// Every statement the backends send is a single SQL statement (data-modifying CTEs where a change
 /// touches several tables), so each is its own transaction and any pooled connection can run it;
-/// no call holds a connection across round trips.
+/// only the rare creation of tasks that are terminal already holds a connection for a transaction of
+/// two statements. Notifications come through a connection of their own (``PostgresNotifications``).
 public final class PostgresConnectionPool: Sendable {
     /// The client; usable as long as the pool lives.
     let client: PostgresClient
     /// Where it connects, for messages.
     let endpoint: String
+    /// The notifications of the server, for the waiters of this process (a connection of their own).
+    let notifications: PostgresNotifications
     private let runner: Task<Void, Never>
+    private let listener: Task<Void, Never>
 
     /// Creates a pool; connections are opened on demand, up to `configuration.poolSize`.
     public init(_ configuration: PostgresConfiguration, logger: Logger) {
@@ -43,10 +47,14 @@ public final class PostgresConnectionPool: Sendable {
         // when it goes away. Detached on purpose: inside an agent's service group, an inherited
         // graceful-shutdown signal would close the connections while the agent still drains its tasks.
         self.runner = Task.detached { await client.run() }
+        let notifications = PostgresNotifications(configuration, logger: backgroundLogger)
+        self.notifications = notifications
+        self.listener = Task.detached { await notifications.run() }
     }
 
     deinit {
         runner.cancel()
+        listener.cancel()
     }
 }
 
@@ -62,7 +70,10 @@ public struct PostgresDatabase: Sendable {
     public let schema: String
     /// The clock for lease times and timestamps.
     public let clock: any GridClock
-    /// How often a waiting lease looks for new messages.
+    /// How often a waiter (a waiting lease, ``PostgresStateStore/waitForCompletions(_:after:timeout:)``)
+    /// looks again while notifications cannot reach it (the listening connection is down). While they
+    /// can, it looks again when notified, when a delayed message comes due, and every
+    /// `max(pollInterval, 5 s)` in case a notification was lost with its connection.
     public let pollInterval: Duration
     let logger: Logger
     /// When this process last refreshed the planner's statistics of the task table (see ``refreshStatistics()``).
@@ -80,7 +91,7 @@ public struct PostgresDatabase: Sendable {
     ///   lower-case identifier; ``GridKernel/GridError/Code/unavailable`` when the server cannot be reached.
     public static func open(
         pool: PostgresConnectionPool, schema: String, clock: any GridClock = SystemClock(),
-        pollInterval: Duration = .milliseconds(50), logger: Logger = Logger(label: "htc.postgres")
+        pollInterval: Duration = .milliseconds(250), logger: Logger = Logger(label: "htc.postgres")
     ) async throws -> PostgresDatabase {
         guard PostgresConfiguration.isIdentifier(schema) else {
             throw GridError.invalidArgument(
@@ -112,6 +123,58 @@ public struct PostgresDatabase: Sendable {
     /// `"schema".name`: a table of this grid.
     func table(_ name: String) -> String { "\"\(schema)\".\(name)" }
 
+    /// The notification channel of `kind` in this grid: `<schema>_<kind>`, cut to PostgreSQL's 63 bytes
+    /// (two grids whose channels then meet only wake each other's waiters for nothing).
+    func channel(_ kind: String) -> String { String(schema.utf8.prefix(63 - kind.utf8.count - 1))! + "_" + kind }
+
+    /// Calls `look` until it gives a value, or until `timeout` (real time) has passed, then gives `nil`.
+    /// Between two looks it waits for a notification of `channel` with `key` (see
+    /// ``PostgresNotifications``), for the delay `look` returned (when something comes due without a
+    /// notification), or for the fallback of ``pollInterval``.
+    ///
+    /// - Throws: what `look` throws; `CancellationError` as soon as the task is cancelled.
+    func waitForNotification<Value>(
+        _ channel: String, key: String, timeout: Duration, look: () async throws -> (value: Value?, due: Duration?)
+    ) async throws -> Value? {
+        guard timeout > .zero else { return try await look().value }
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        let notifications = pool.notifications
+        return try await notifications.withSignal(.init(channel: channel, key: key), until: deadline) { signal in
+            while true {
+                try Task.checkCancellation()
+                let generation = signal.generation
+                let (value, due) = try await look()
+                if let value { return value }
+                let remaining = deadline - ContinuousClock.now
+                guard remaining > .zero else { return nil }
+                var pause = notifications.isListening(channel) ? max(pollInterval, .seconds(5)) : pollInterval
+                if let due { pause = min(pause, max(due, .milliseconds(1))) }
+                await signal.wait(after: generation, timeout: min(pause, remaining))
+            }
+        }
+    }
+
+    /// Runs `body` in a transaction on one connection of the pool; a transaction chosen as a deadlock
+    /// victim or failing serialisation is run again.
+    func transaction<Result: Sendable>(_ operation: String, _ body: (PostgresConnection) async throws -> Result) async throws -> Result {
+        var attempt = 0
+        while true {
+            do {
+                return try await pool.client.withTransaction(logger: logger) { connection in try await body(connection) }
+            } catch {
+                var cause: any Error = error
+                if let error = error as? PostgresTransactionError {
+                    cause = error.closureError ?? error.beginError ?? error.commitError ?? error
+                }
+                if let psql = cause as? PSQLError, Self.isTransient(psql), attempt < 8 {
+                    attempt += 1
+                    continue
+                }
+                throw mapError(cause, operation: operation)
+            }
+        }
+    }
+
     /// Runs one statement and hands its rows to `body`, mapping errors to `GridError`. A statement
     /// chosen as a deadlock victim or failing serialisation was rolled back whole and is sent again.
     func query<Result>(
@@ -138,11 +201,14 @@ public struct PostgresDatabase: Sendable {
 
     /// Runs one statement and collects one value per row.
     func collect<Value>(_ operation: String, _ query: PostgresQuery, _ row: (PostgresRow) throws -> Value) async throws -> [Value] {
-        try await self.query(operation, query) { rows in
-            var values: [Value] = []
-            for try await each in rows { values.append(try row(each)) }
-            return values
-        }
+        try await self.query(operation, query) { rows in try await Self.collect(rows, row) }
+    }
+
+    /// One value per row of `rows`.
+    static func collect<Value>(_ rows: PostgresRowSequence, _ row: (PostgresRow) throws -> Value) async throws -> [Value] {
+        var values: [Value] = []
+        for try await each in rows { values.append(try row(each)) }
+        return values
     }
 
     private static func sqlState(_ error: PSQLError) -> String? { error.serverInfo?[.sqlState] }

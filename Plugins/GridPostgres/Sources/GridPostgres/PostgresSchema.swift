@@ -15,9 +15,24 @@
 //     before the first) and claim_token names the claim call that started the current attempt.
 //     Every transition is one `UPDATE … FROM unnest(…) WHERE <expected state, owner and attempt>
 //     RETURNING …` for the whole batch.
-//   task_by_state (session, state, idx): counts per state and paging through one state.
+//     completion_seq is the task's number in its session's completion order (NULL while it is not
+//     terminal), given by the statement that makes it terminal (see session_completed).
+//   task_by_state (session, state, idx): paging through one state.
 //   task_lease (lease_expiry) WHERE state = 'processing': a partial index of running tasks only, so
 //     the reaper finds expired leases with a range scan instead of reading every task.
+//   task_completion (session, completion_seq) WHERE completion_seq IS NOT NULL: completions() is a
+//     range scan of it.
+//
+// task_counts — a session's tasks per state, kept by every statement that creates, moves or deletes
+//     tasks, in the same statement: PRIMARY KEY (session, state, shard), n is a delta sum that may be
+//     negative in one shard. A statement adds its deltas to the shard `pg_backend_pid() % 16`, so
+//     writers on different connections rarely update the same row; counts() sums at most 16 × 5 rows.
+//
+// session_completed — the last completion number of each session: (session PRIMARY KEY, last). A
+//     statement making tasks terminal adds their number to `last` (an upsert that locks the row) and
+//     numbers them `last - n + 1 … last`; the row lock, held until commit, makes the numbering of a
+//     session one writer at a time and its commits come in number order, so readers always see a
+//     prefix of the order (a SEQUENCE hands out numbers without ordering the commits).
 //
 // submission — one row per submission (StateStore), PRIMARY KEY (session, key): the indices it
 //     reserved (first, count), how many of them were sent, its state (SubmissionState raw value) and
@@ -41,17 +56,25 @@
 // The DDL is one `DO` block under a transaction-scoped advisory lock, so processes starting at the
 // same moment create the schema once (`CREATE … IF NOT EXISTS` alone races on the catalogue).
 //
-// Upgrades: every statement of the block is idempotent, and a later change of the schema is a
+// Upgrades: every statement of the block is idempotent (or guarded by a test of the catalogue), and a later change of the schema is a
 // statement appended to it (`ALTER TABLE … ADD COLUMN IF NOT EXISTS`, `CREATE … IF NOT EXISTS`), so
 // a grid created by an older version upgrades itself the first time a newer process opens it.
 // Columns added later come with a default that describes the rows written before them (attempt 0:
 // never claimed under attempt numbering; no claim token). PostgreSQL 11 and later add a column with
-// a constant default without rewriting the table.
+// a constant default without rewriting the table. The counters and the completion order came later
+// still: the block that creates task_counts also fills it from the task table, and numbers the
+// terminal tasks already there by completed_at, then idx (a few passes over the task table, once). The
+// processes of an older version do not keep the counters: stop them before a newer one opens the grid.
+
+import GridKernel
 
 /// Creates the schema described above.
 enum PostgresSchema {
     /// The advisory lock key taken while creating a schema ("htc-grid" in ASCII, truncated to 63 bits).
     static let lockKey: Int64 = 0x6874_632d_6772_6964 & Int64.max
+
+    /// The terminal states as an SQL list: `('finished', 'failed', 'cancelled')`.
+    static let terminal = "(" + TaskState.terminal.map { "'\($0.rawValue)'" }.joined(separator: ", ") + ")"
 
     /// The `DO` block creating `schema` and its tables; `schema` must be a checked identifier.
     static func ddl(schema: String) -> String {
@@ -108,6 +131,31 @@ enum PostgresSchema {
                 );
                 CREATE INDEX IF NOT EXISTS submission_stalled ON \(s).submission (updated_at, session, key)
                     WHERE state IN ('open', 'repairing');
+                -- Counters and completion order (added after submissions), filled from the tasks present.
+                IF to_regclass('\(s).task_counts') IS NULL THEN
+                    ALTER TABLE \(s).task ADD COLUMN IF NOT EXISTS completion_seq bigint;
+                    CREATE TABLE \(s).task_counts (
+                        session text COLLATE "C" NOT NULL,
+                        state   text NOT NULL,
+                        shard   smallint NOT NULL,
+                        n       bigint NOT NULL,
+                        PRIMARY KEY (session, state, shard)
+                    );
+                    CREATE TABLE \(s).session_completed (
+                        session text COLLATE "C" PRIMARY KEY,
+                        last    bigint NOT NULL
+                    );
+                    INSERT INTO \(s).task_counts (session, state, shard, n)
+                        SELECT session, state, 0, count(*) FROM \(s).task GROUP BY session, state;
+                    UPDATE \(s).task AS t SET completion_seq = o.seq
+                    FROM (SELECT session, idx, row_number() OVER (PARTITION BY session ORDER BY completed_at, idx) AS seq
+                          FROM \(s).task WHERE state IN \(terminal)) AS o
+                    WHERE t.session = o.session AND t.idx = o.idx;
+                    INSERT INTO \(s).session_completed (session, last)
+                        SELECT session, count(*) FROM \(s).task WHERE state IN \(terminal) GROUP BY session;
+                END IF;
+                CREATE INDEX IF NOT EXISTS task_completion ON \(s).task (session, completion_seq)
+                    WHERE completion_seq IS NOT NULL;
                 CREATE TABLE IF NOT EXISTS \(s).queue (
                     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                     session        text COLLATE "C" NOT NULL,

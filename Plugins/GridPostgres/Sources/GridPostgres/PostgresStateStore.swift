@@ -6,14 +6,17 @@ import PostgresNIO
 /// The state store in PostgreSQL: sessions in the `session` table, submissions in the `submission`
 /// table, tasks in the `task` table (see `PostgresSchema.swift`).
 ///
-/// Every transition is one conditional statement for the whole batch,
-/// `UPDATE task … FROM unnest(sessions, indices, attempts, …) WHERE <expected state, owner and
-/// attempt> RETURNING …`: one round trip and one transaction per call. Each statement translates one
-/// rule of the kernel's TaskRules.swift (named in its doc comment). Exactly one of several concurrent
-/// claimers wins a task because PostgreSQL re-checks the `WHERE` clause on the newest row version once
-/// the other writer commits. Batches are sorted by task id, so concurrent batches lock rows in the same
-/// order; a batch naming a task twice is reduced to one entry per task first, as the kernel's rules
-/// apply once per task.
+/// Every transition is one conditional statement for the whole batch: one round trip and one
+/// transaction per call. It locks the tasks that meet the rule's condition (`SELECT … FROM task JOIN
+/// unnest(sessions, indices, attempts, …) WHERE <expected state, owner and attempt> FOR UPDATE`),
+/// numbers those that become terminal in their session's completion order, updates them, and adds the
+/// moves between states to the counters, all in data-modifying CTEs (see
+/// `PostgresStateStore+Completions.swift`). Each statement translates one rule of the kernel's
+/// TaskRules.swift (named in its doc comment). Exactly one of several concurrent claimers wins a task
+/// because PostgreSQL re-checks the condition on the newest row version once the other writer
+/// commits. Batches are sorted by task id, so concurrent batches lock rows in the same order, and every
+/// statement takes its locks in the order tasks, completion counter, state counters; a batch naming a
+/// task twice is reduced to one entry per task first, as the kernel's rules apply once per task.
 public struct PostgresStateStore: StateStore {
     /// The database holding the state.
     public let database: PostgresDatabase
@@ -25,7 +28,7 @@ public struct PostgresStateStore: StateStore {
 
     var backend: String { PostgresDatabase.backendName }
     var sessionTable: String { database.table("session") }
-    private var taskTable: String { database.table("task") }
+    var taskTable: String { database.table("task") }
     var submissionTable: String { database.table("submission") }
 
     // MARK: - Sessions
@@ -80,8 +83,8 @@ public struct PostgresStateStore: StateStore {
         return Page(items: items, next: items.last?.id.rawValue)
     }
 
-    /// Removes a session's record, its submissions and all of its task records, whatever their
-    /// states, in one statement.
+    /// Removes a session's record, its submissions, all of its task records, whatever their states,
+    /// its counters and its completion order, in one statement.
     ///
     /// - Returns: how many task records were removed.
     /// - Throws: ``GridKernel/GridError/Code/notFound`` when the session does not exist;
@@ -92,7 +95,10 @@ public struct PostgresStateStore: StateStore {
             """
             WITH gone AS (DELETE FROM \(unescaped: sessionTable) WHERE id = \(id.rawValue) RETURNING id),
                  submissions AS (DELETE FROM \(unescaped: submissionTable) WHERE session = \(id.rawValue)),
-                 tasks AS (DELETE FROM \(unescaped: taskTable) WHERE session = \(id.rawValue) RETURNING 1)
+                 tasks AS (DELETE FROM \(unescaped: taskTable) WHERE session = \(id.rawValue) RETURNING 1),
+                 -- Run after the main query, hence after the tasks are locked: the order of every transition.
+                 completed AS (DELETE FROM \(unescaped: completedTable) WHERE session = \(id.rawValue)),
+                 counters AS (DELETE FROM \(unescaped: countsTable) WHERE session = \(id.rawValue))
             SELECT (SELECT count(*) FROM gone)::int8, (SELECT count(*) FROM tasks)::int8
             """
         ) { row in try row.decode((Int, Int).self) }
@@ -104,34 +110,64 @@ public struct PostgresStateStore: StateStore {
 
     // MARK: - Tasks
 
-    /// Inserts task records, leaving existing ones as they are (`ON CONFLICT DO NOTHING`), in one statement.
+    /// Inserts task records, leaving existing ones as they are (`ON CONFLICT DO NOTHING`), and adds
+    /// the records it inserted to the counters, in one statement.
     ///
     /// A submission's records differ only in their index: such a batch sends one record and the list
-    /// of indices; other batches send one array per column.
+    /// of indices; other batches send one array per column. A batch with terminal records (the
+    /// reaper's, for tasks never written) numbers those it inserted in their session's completion
+    /// order with a second statement of the same transaction: only the insert tells which they are.
     ///
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
     public func createTasks(_ tasks: [TaskRecord]) async throws {
         guard let first = tasks.first else { return }
+        let insert = insertion(tasks, first: first)
+        if tasks.contains(where: \.state.isTerminal) {
+            try await database.transaction("createTasks") { connection in
+                let ended = try await PostgresDatabase.collect(
+                    try await connection.query(insert, logger: database.logger), Self.decodeID)
+                guard !ended.isEmpty else { return }
+                let keys = Self.keys(ended)
+                let numbering = transition(
+                    """
+                    SELECT \(unescaped: Self.lockedColumns), t.state FROM \(unescaped: taskTable) AS t
+                    JOIN unnest(\(keys.sessions)::text[], \(keys.indices)::int8[]) AS j(s, i) ON t.session = j.s AND t.idx = j.i
+                    WHERE t.state IN \(unescaped: PostgresSchema.terminal) AND t.completion_seq IS NULL
+                    """)
+                _ = try await PostgresDatabase.collect(try await connection.query(numbering, logger: database.logger)) { _ in () }
+            }
+        } else {
+            try await database.execute("createTasks", insert)
+        }
+        if tasks.count >= Self.analyzeThreshold { try await database.refreshStatistics() }
+    }
+
+    /// The statement of ``createTasks(_:)`` without its numbering: inserts, counts what it inserted,
+    /// and returns the inserted records that are terminal.
+    private func insertion(_ tasks: [TaskRecord], first: TaskRecord) -> PostgresQuery {
         let uniform = tasks.allSatisfy { task in
             var twin = task
             twin.id = first.id
             return twin == first && task.id.session == first.id.session
         }
+        let counting = Self.counting("inserted", into: countsTable)
+        let terminal = PostgresSchema.terminal
         if uniform && first.output == nil {
-            try await database.execute(
-                "createTasks",
+            return """
+                WITH inserted AS (
+                    INSERT INTO \(unescaped: taskTable) (\(unescaped: Self.taskColumns))
+                    SELECT \(first.id.session.rawValue), i, \(first.state.rawValue), \(first.owner?.rawValue),
+                           \(first.leaseExpiry?.timeIntervalSince1970), \(first.retries), \(first.maxRetries), \(first.priority),
+                           \(first.timeout?.timeInterval), \(first.submittedAt.timeIntervalSince1970),
+                           \(first.startedAt?.timeIntervalSince1970), \(first.completedAt?.timeIntervalSince1970), \(first.lastError), NULL::bytea,
+                           \(first.attempt), \(first.claimToken?.rawValue), NULL::int8
+                    FROM unnest(\(tasks.map(\.id.index))::int8[]) AS i
+                    ON CONFLICT DO NOTHING
+                    RETURNING session, idx, NULL::text AS was, state
+                ),
+                \(unescaped: counting)
+                SELECT session, idx FROM inserted WHERE state IN \(unescaped: terminal)
                 """
-                INSERT INTO \(unescaped: taskTable) (\(unescaped: Self.taskColumns))
-                SELECT \(first.id.session.rawValue), i, \(first.state.rawValue), \(first.owner?.rawValue),
-                       \(first.leaseExpiry?.timeIntervalSince1970), \(first.retries), \(first.maxRetries), \(first.priority),
-                       \(first.timeout?.timeInterval), \(first.submittedAt.timeIntervalSince1970),
-                       \(first.startedAt?.timeIntervalSince1970), \(first.completedAt?.timeIntervalSince1970), \(first.lastError), NULL::bytea,
-                       \(first.attempt), \(first.claimToken?.rawValue)
-                FROM unnest(\(tasks.map(\.id.index))::int8[]) AS i
-                ON CONFLICT DO NOTHING
-                """)
-            if tasks.count >= Self.analyzeThreshold { try await database.refreshStatistics() }
-            return
         }
         // Arrays cannot hold NULL through the driver: NaN stands for a missing date or timeout, and
         // flags for missing texts and outputs.
@@ -156,21 +192,24 @@ public struct PostgresStateStore: StateStore {
         let attempts: [Int] = tasks.map(\.attempt)
         let hasToken: [Bool] = tasks.map { $0.claimToken != nil }
         let tokens: [String] = tasks.map { $0.claimToken?.rawValue ?? "" }
-        try await database.execute(
-            "createTasks",
+        return """
+            WITH inserted AS (
+                INSERT INTO \(unescaped: taskTable) (\(unescaped: Self.taskColumns))
+                SELECT s, i, st, CASE WHEN ho THEN o END, NULLIF(le, 'NaN'), r, mr, p, NULLIF(t, 'NaN'), sub,
+                       NULLIF(sa, 'NaN'), NULLIF(ca, 'NaN'), CASE WHEN he THEN e END, CASE WHEN hop THEN op END, a, CASE WHEN ht THEN tk END,
+                       NULL::int8
+                FROM unnest(
+                    \(sessions)::text[], \(indices)::int8[], \(states)::text[], \(hasOwner)::bool[], \(owners)::text[],
+                    \(leaseExpiries)::float8[], \(retries)::int8[], \(maxRetries)::int8[], \(priorities)::int8[], \(timeouts)::float8[],
+                    \(submitted)::float8[], \(started)::float8[], \(completed)::float8[], \(hasError)::bool[], \(errors)::text[],
+                    \(hasOutput)::bool[], \(outputs)::bytea[], \(attempts)::int8[], \(hasToken)::bool[], \(tokens)::text[]
+                ) AS j(s, i, st, ho, o, le, r, mr, p, t, sub, sa, ca, he, e, hop, op, a, ht, tk)
+                ON CONFLICT DO NOTHING
+                RETURNING session, idx, NULL::text AS was, state
+            ),
+            \(unescaped: counting)
+            SELECT session, idx FROM inserted WHERE state IN \(unescaped: terminal)
             """
-            INSERT INTO \(unescaped: taskTable) (\(unescaped: Self.taskColumns))
-            SELECT s, i, st, CASE WHEN ho THEN o END, NULLIF(le, 'NaN'), r, mr, p, NULLIF(t, 'NaN'), sub,
-                   NULLIF(sa, 'NaN'), NULLIF(ca, 'NaN'), CASE WHEN he THEN e END, CASE WHEN hop THEN op END, a, CASE WHEN ht THEN tk END
-            FROM unnest(
-                \(sessions)::text[], \(indices)::int8[], \(states)::text[], \(hasOwner)::bool[], \(owners)::text[],
-                \(leaseExpiries)::float8[], \(retries)::int8[], \(maxRetries)::int8[], \(priorities)::int8[], \(timeouts)::float8[],
-                \(submitted)::float8[], \(started)::float8[], \(completed)::float8[], \(hasError)::bool[], \(errors)::text[],
-                \(hasOutput)::bool[], \(outputs)::bytea[], \(attempts)::int8[], \(hasToken)::bool[], \(tokens)::text[]
-            ) AS j(s, i, st, ho, o, le, r, mr, p, t, sub, sa, ca, he, e, hop, op, a, ht, tk)
-            ON CONFLICT DO NOTHING
-            """)
-        if tasks.count >= Self.analyzeThreshold { try await database.refreshStatistics() }
     }
 
     /// A submission at least this large refreshes the planner's statistics (``PostgresDatabase/refreshStatistics()``).
@@ -179,7 +218,8 @@ public struct PostgresStateStore: StateStore {
     /// Claims tasks for `owner` by ``GridKernel/TaskRecord/claimed(by:token:leaseExpiry:now:)``: the
     /// pending, unowned tasks among `ids` start a new attempt (`attempt + 1`, this call's token), and
     /// those that are processing under this owner and token (this call, sent again) are returned as
-    /// they are, in the same statement.
+    /// they are, in the same statement, which also moves the tasks won from `pending` to `processing`
+    /// in the counters.
     ///
     /// - Returns: the records of the tasks won, in the order of `ids`.
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
@@ -195,14 +235,15 @@ public struct PostgresStateStore: StateStore {
                     started_at = \(now.timeIntervalSince1970), attempt = t.attempt + 1, claim_token = \(token.rawValue)
                 FROM unnest(\(keys.sessions)::text[], \(keys.indices)::int8[]) AS j(s, i)
                 WHERE t.session = j.s AND t.idx = j.i AND t.state = 'pending' AND t.owner IS NULL
-                RETURNING \(unescaped: Self.taskColumns(prefix: "t."))
+                RETURNING \(unescaped: Self.taskColumns(prefix: "t.")), 'pending'::text AS was
             ),
             again AS (
                 SELECT \(unescaped: Self.taskColumns(prefix: "t.")) FROM \(unescaped: taskTable) AS t
                 JOIN unnest(\(keys.sessions)::text[], \(keys.indices)::int8[]) AS j(s, i) ON t.session = j.s AND t.idx = j.i
                 WHERE t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.claim_token = \(token.rawValue)
-            )
-            SELECT * FROM won UNION ALL SELECT * FROM again
+            ),
+            \(unescaped: Self.counting("won", into: countsTable))
+            SELECT \(unescaped: Self.taskColumns) FROM won UNION ALL SELECT * FROM again
             """,
             Self.decodeTask)
         // RETURNING yields rows in no particular order: answer in the order asked.
@@ -232,28 +273,26 @@ public struct PostgresStateStore: StateStore {
     }
 
     /// Finishes the current attempts `owner` runs, storing inline outputs and clearing the last
-    /// error, by ``GridKernel/TaskRecord/finished(by:attempt:output:at:)``.
+    /// error, by ``GridKernel/TaskRecord/finished(by:attempt:output:at:)``, numbering them in completion
+    /// order.
     ///
     /// - Returns: the tasks that were finished.
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
     public func finish(_ completions: [TaskCompletion], owner: AgentID, at: Date) async throws -> Set<TaskID> {
         guard !completions.isEmpty else { return [] }
         let sorted = Self.oncePerTask(completions, id: \.id, keep: .first)
-        return Set(
-            try await database.collect(
-                "finish",
-                """
-                UPDATE \(unescaped: taskTable) AS t
-                SET state = 'finished', \(unescaped: Self.unheld), completed_at = \(at.timeIntervalSince1970),
-                    last_error = NULL, output = CASE WHEN j.h THEN j.o END
-                FROM unnest(
-                    \(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.attempt))::int8[],
-                    \(sorted.map { $0.output != nil })::bool[], \(sorted.map { ByteBuffer(bytes: $0.output ?? []) })::bytea[]
-                ) AS j(s, i, a, h, o)
-                WHERE t.session = j.s AND t.idx = j.i AND t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.attempt = j.a
-                RETURNING t.session, t.idx
-                """,
-                Self.decodeID))
+        let changes = try await transition(
+            "finish",
+            """
+            SELECT \(unescaped: Self.lockedColumns), 'finished'::text AS state, j.h, j.o, \(at.timeIntervalSince1970)::float8 AS at
+            FROM \(unescaped: taskTable) AS t JOIN unnest(
+                \(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.attempt))::int8[],
+                \(sorted.map { $0.output != nil })::bool[], \(sorted.map { ByteBuffer(bytes: $0.output ?? []) })::bytea[]
+            ) AS j(s, i, a, h, o) ON t.session = j.s AND t.idx = j.i
+            WHERE t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.attempt = j.a
+            """,
+            set: "\(Self.unheld), completed_at = o.at, last_error = NULL, output = CASE WHEN o.h THEN o.o END")
+        return Set(changes.map(\.id))
     }
 
     /// Records failed runs of the current attempts `owner` runs, by the retry rule
@@ -279,17 +318,16 @@ public struct PostgresStateStore: StateStore {
     public func release(_ attempts: [TaskAttempt], owner: AgentID) async throws -> Set<TaskID> {
         guard !attempts.isEmpty else { return [] }
         let sorted = Self.oncePerTask(attempts, id: \.id, keep: .last)
-        return Set(
-            try await database.collect(
-                "release",
-                """
-                UPDATE \(unescaped: taskTable) AS t SET state = 'pending', \(unescaped: Self.unheld)
-                FROM unnest(\(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.attempt))::int8[])
-                    AS j(s, i, a)
-                WHERE t.session = j.s AND t.idx = j.i AND t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.attempt = j.a
-                RETURNING t.session, t.idx
-                """,
-                Self.decodeID))
+        let changes = try await transition(
+            "release",
+            """
+            SELECT \(unescaped: Self.lockedColumns), 'pending'::text AS state FROM \(unescaped: taskTable) AS t
+            JOIN unnest(\(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.attempt))::int8[])
+                AS j(s, i, a) ON t.session = j.s AND t.idx = j.i
+            WHERE t.state = 'processing' AND t.owner = \(owner.rawValue) AND t.attempt = j.a
+            """,
+            set: Self.unheld)
+        return Set(changes.map(\.id))
     }
 
     /// Reaps the tasks among `ids` that are processing with a lease expiry before `now`, by the retry
@@ -306,31 +344,28 @@ public struct PostgresStateStore: StateStore {
             condition: "t.state = 'processing' AND t.lease_expiry < \(now.timeIntervalSince1970.description)")
     }
 
-    /// The retry rule of ``GridKernel/TaskRecord/afterFailure(message:retryable:at:)`` in SQL: every
-    /// `SET` expression sees the row as it was, so all of them read the same `retries`. `condition` is
-    /// trusted SQL (a quoted owner, a number, `j.a`: the attempt named).
+    /// The retry rule of ``GridKernel/TaskRecord/afterFailure(message:retryable:at:)`` in SQL, the new
+    /// state decided on the locked row. `condition` is trusted SQL (a quoted owner, a number, `j.a`:
+    /// the attempt named).
     private func applyRetryRule(
         _ operation: String, sessions: [String], indices: [Int], attempts: [Int], retryable: [Bool], messages: [String], at: Date,
         condition: String
     ) async throws -> [TaskID: TaskState] {
-        let rows = try await database.collect(
+        let changes = try await transition(
             operation,
             """
-            UPDATE \(unescaped: taskTable) AS t SET
-                state = CASE WHEN j.r AND t.retries < t.max_retries THEN 'pending' ELSE 'failed' END,
-                retries = t.retries + CASE WHEN j.r AND t.retries < t.max_retries THEN 1 ELSE 0 END,
-                completed_at = CASE WHEN j.r AND t.retries < t.max_retries THEN t.completed_at ELSE \(at.timeIntervalSince1970) END,
-                \(unescaped: Self.unheld), last_error = j.m
-            FROM unnest(\(sessions)::text[], \(indices)::int8[], \(attempts)::int8[], \(retryable)::bool[], \(messages)::text[])
-                AS j(s, i, a, r, m)
-            WHERE t.session = j.s AND t.idx = j.i AND \(unescaped: condition)
-            RETURNING t.session, t.idx, t.state
-            """
-        ) { row in
-            let (session, index, state) = try row.decode((String, Int, String).self)
-            return (TaskID(session: try SessionID(session), index: index), TaskState(rawValue: state) ?? .failed)
-        }
-        return Dictionary(rows, uniquingKeysWith: { first, _ in first })
+            SELECT \(unescaped: Self.lockedColumns), CASE WHEN j.r AND t.retries < t.max_retries THEN 'pending' ELSE 'failed' END AS state,
+                   j.m, \(at.timeIntervalSince1970)::float8 AS at
+            FROM \(unescaped: taskTable) AS t
+            JOIN unnest(\(sessions)::text[], \(indices)::int8[], \(attempts)::int8[], \(retryable)::bool[], \(messages)::text[])
+                AS j(s, i, a, r, m) ON t.session = j.s AND t.idx = j.i
+            WHERE \(unescaped: condition)
+            """,
+            set: """
+                retries = t.retries + CASE WHEN o.state = 'pending' THEN 1 ELSE 0 END,
+                completed_at = CASE WHEN o.state = 'pending' THEN t.completed_at ELSE o.at END, \(Self.unheld), last_error = o.m
+                """)
+        return Dictionary(changes.map { ($0.id, $0.state) }, uniquingKeysWith: { first, _ in first })
     }
 
     /// Fails the tasks that are not terminal, whatever their owner or attempt, by
@@ -341,18 +376,17 @@ public struct PostgresStateStore: StateStore {
     public func forceFail(_ failures: [TaskFailure], at: Date) async throws -> Set<TaskID> {
         guard !failures.isEmpty else { return [] }
         let sorted = Self.oncePerTask(failures, id: \.id, keep: .first)
-        return Set(
-            try await database.collect(
-                "forceFail",
-                """
-                UPDATE \(unescaped: taskTable) AS t
-                SET state = 'failed', \(unescaped: Self.unheld), last_error = j.m, completed_at = \(at.timeIntervalSince1970)
-                FROM unnest(\(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.message))::text[])
-                    AS j(s, i, m)
-                WHERE t.session = j.s AND t.idx = j.i AND t.state IN ('pending', 'processing')
-                RETURNING t.session, t.idx
-                """,
-                Self.decodeID))
+        let changes = try await transition(
+            "forceFail",
+            """
+            SELECT \(unescaped: Self.lockedColumns), 'failed'::text AS state, j.m, \(at.timeIntervalSince1970)::float8 AS at
+            FROM \(unescaped: taskTable) AS t
+            JOIN unnest(\(sorted.map(\.id.session.rawValue))::text[], \(sorted.map(\.id.index))::int8[], \(sorted.map(\.message))::text[])
+                AS j(s, i, m) ON t.session = j.s AND t.idx = j.i
+            WHERE t.state IN ('pending', 'processing')
+            """,
+            set: "\(Self.unheld), last_error = o.m, completed_at = o.at")
+        return Set(changes.map(\.id))
     }
 
     /// Cancels the tasks among `ids` that are not terminal (owner and lease cleared), by
@@ -362,60 +396,38 @@ public struct PostgresStateStore: StateStore {
     public func cancel(_ ids: [TaskID], at: Date) async throws -> CancelCounts {
         guard !ids.isEmpty else { return CancelCounts() }
         let keys = Self.keys(ids)
-        return try await cancelRows(
+        let changes = try await transition(
             "cancel",
             """
-            SELECT t.session, t.idx, t.state FROM \(unescaped: taskTable) AS t
+            SELECT \(unescaped: Self.lockedColumns), 'cancelled'::text AS state, \(at.timeIntervalSince1970)::float8 AS at
+            FROM \(unescaped: taskTable) AS t
             JOIN unnest(\(keys.sessions)::text[], \(keys.indices)::int8[]) AS j(s, i) ON t.session = j.s AND t.idx = j.i
             WHERE t.state IN ('pending', 'processing')
-            ORDER BY t.session, t.idx FOR UPDATE OF t
             """,
-            at: at, sessionCheck: nil)
+            set: "\(Self.unheld), completed_at = o.at")
+        return Self.cancelCounts(changes)
     }
 
     /// Marks a session cancelled and cancels its non-terminal tasks, in one statement.
     ///
     /// - Throws: ``GridKernel/GridError/Code/notFound`` for an unknown session; ``GridKernel/GridError/Code/unavailable``.
     public func cancelSession(_ id: SessionID, at: Date) async throws -> CancelCounts {
-        try await cancelRows(
+        var marked = false
+        let changes = try await transition(
             "cancelSession",
             """
-            SELECT t.session, t.idx, t.state FROM \(unescaped: taskTable) AS t
-            WHERE t.session = \(id.rawValue) AND t.state IN ('pending', 'processing')
-            ORDER BY t.idx FOR UPDATE OF t
+            SELECT \(unescaped: Self.lockedColumns), 'cancelled'::text AS state, \(at.timeIntervalSince1970)::float8 AS at
+            FROM \(unescaped: taskTable) AS t WHERE t.session = \(id.rawValue) AND t.state IN ('pending', 'processing')
             """,
-            at: at, sessionCheck: id)
+            set: "\(Self.unheld), completed_at = o.at",
+            marking: "UPDATE \(sessionTable) SET cancelled = true WHERE id = \(Self.literal(id.rawValue)) RETURNING 1",
+            marked: &marked)
+        guard marked else { throw GridError.notFound("session \(id) does not exist", backend: backend) }
+        return Self.cancelCounts(changes)
     }
 
-    /// Cancels the rows `select` locks (it returns session, idx and the state before), counting them by
-    /// their state before; with `sessionCheck`, also marks that session cancelled.
-    private func cancelRows(_ operation: String, _ select: PostgresQuery, at: Date, sessionCheck: SessionID?) async throws -> CancelCounts {
-        let markSession = sessionCheck.map {
-            "UPDATE \(sessionTable) SET cancelled = true WHERE id = \(Self.literal($0.rawValue)) RETURNING 1"
-        } ?? "SELECT 1"
-        var query = PostgresQuery(
-            unsafeSQL: """
-                WITH marked AS (\(markSession)),
-                     old AS (\(select.sql)),
-                     done AS (
-                         UPDATE \(taskTable) AS t SET state = 'cancelled', \(Self.unheld), completed_at = $\(select.binds.count + 1)
-                         FROM old WHERE t.session = old.session AND t.idx = old.idx
-                         RETURNING old.state
-                     )
-                SELECT (SELECT count(*) FROM marked)::int8,
-                       (SELECT count(*) FROM done WHERE state = 'pending')::int8,
-                       (SELECT count(*) FROM done WHERE state = 'processing')::int8
-                """,
-            binds: select.binds)
-        query.binds.append(at.timeIntervalSince1970)
-        let rows = try await database.collect(operation, query) { row in try row.decode((Int, Int, Int).self) }
-        guard let (marked, pending, processing) = rows.first else {
-            throw GridError.unavailable("no reply to \(operation)", backend: backend)
-        }
-        if let sessionCheck, marked == 0 {
-            throw GridError.notFound("session \(sessionCheck) does not exist", backend: backend)
-        }
-        return CancelCounts(pending: pending, processing: processing)
+    private static func cancelCounts(_ changes: [Change]) -> CancelCounts {
+        CancelCounts(pending: changes.count(where: { $0.was == .pending }), processing: changes.count(where: { $0.was == .processing }))
     }
 
     // MARK: - Reads
@@ -447,20 +459,6 @@ public struct PostgresStateStore: StateStore {
             Self.decodeTask)
     }
 
-    /// Counts a session's tasks by state (an index-only scan of `task_by_state` when the table is vacuumed).
-    ///
-    /// - Throws: ``GridKernel/GridError/Code/unavailable``.
-    public func counts(_ session: SessionID) async throws -> StateCounts {
-        let rows = try await database.collect(
-            "counts", "SELECT state, count(*)::int8 FROM \(unescaped: taskTable) WHERE session = \(session.rawValue) GROUP BY state"
-        ) { row in try row.decode((String, Int).self) }
-        var counts = StateCounts()
-        for (state, count) in rows {
-            if let state = TaskState(rawValue: state) { counts[state] = count }
-        }
-        return counts
-    }
-
     /// Pages through a session's tasks in one state in index order; the cursor is the last index.
     ///
     /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a malformed cursor or a `limit`
@@ -484,11 +482,6 @@ public struct PostgresStateStore: StateStore {
     /// through the partial index `task_lease`.
     ///
     /// - Throws: ``GridKernel/GridError/Code/unavailable``.
-    // ISSUE14-STUB: replaced by the backend's own completion order on its branch; never merged to main.
-    public func completions(_ session: SessionID, after sequence: Int, limit: Int) async throws -> [TaskRecord] {
-        throw GridError(.internalError, "completion order not implemented yet")
-    }
-
     public func expiredLeases(now: Date, limit: Int) async throws -> [TaskRecord] {
         guard limit > 0 else { return [] }
         return try await database.collect(
@@ -535,23 +528,25 @@ public struct PostgresStateStore: StateStore {
     static func taskColumns(prefix: String) -> String {
         [
             "session", "idx", "state", "owner", "lease_expiry", "retries", "max_retries", "priority", "timeout",
-            "submitted_at", "started_at", "completed_at", "last_error", "output", "attempt", "claim_token",
+            "submitted_at", "started_at", "completed_at", "last_error", "output", "attempt", "claim_token", "completion_seq",
         ].map { prefix + $0 }.joined(separator: ", ")
     }
 
-    private static func decodeID(_ row: PostgresRow) throws -> TaskID {
+    static func decodeID(_ row: PostgresRow) throws -> TaskID {
         let (session, index) = try row.decode((String, Int).self)
         return TaskID(session: try SessionID(session), index: index)
     }
 
-    private static func decodeTask(_ row: PostgresRow) throws -> TaskRecord {
+    static func decodeTask(_ row: PostgresRow) throws -> TaskRecord {
         let (
             session, index, state, owner, leaseExpiry, retries, maxRetries, priority, timeout, submitted, started, completed, error, output,
-            attempt, token
+            attempt, token, sequence
         ) =
             try row.decode(
-                (String, Int, String, String?, Double?, Int, Int, Int, Double?, Double, Double?, Double?, String?, ByteBuffer?, Int, String?)
-                    .self)
+                (
+                    String, Int, String, String?, Double?, Int, Int, Int, Double?, Double, Double?, Double?, String?, ByteBuffer?, Int, String?,
+                    Int?
+                ).self)
         return TaskRecord(
             id: TaskID(session: try SessionID(session), index: index),
             state: TaskState(rawValue: state) ?? .failed,
@@ -567,7 +562,8 @@ public struct PostgresStateStore: StateStore {
             lastError: error,
             output: output.map { Array($0.readableBytesView) },
             attempt: attempt,
-            claimToken: try token.map(ClaimToken.init)
+            claimToken: try token.map(ClaimToken.init),
+            completionSequence: sequence
         )
     }
 

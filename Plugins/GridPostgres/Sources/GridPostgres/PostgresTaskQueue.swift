@@ -12,6 +12,8 @@ import PostgresNIO
 /// `queue_timer`, usually empty). The ``Lease/handle`` is `<id>:<delivery count>`; it stays current
 /// until the message is delivered again, even after its lease expired, as an SQS receipt handle does.
 /// Every call is one statement (a lease two: due messages, then the band), whatever the batch size.
+/// An enqueue and a release notify the channel `<schema>_ready` (delivered at commit), which wakes the
+/// waiting leases of every process (``PostgresNotifications``).
 public struct PostgresTaskQueue: TaskQueue {
     /// The database holding the queue.
     public let database: PostgresDatabase
@@ -23,7 +25,8 @@ public struct PostgresTaskQueue: TaskQueue {
 
     private var backend: String { PostgresDatabase.backendName }
 
-    /// Adds the tasks as ready messages, in order, with one `INSERT … SELECT FROM unnest(…)`.
+    /// Adds the tasks as ready messages, in order, with one `INSERT … SELECT FROM unnest(…)` that also
+    /// notifies `<schema>_ready`.
     ///
     /// - Throws: ``GridKernel/GridError/Code/payloadTooLarge`` for an inline payload over PostgreSQL's
     ///   1 GB `bytea` limit; ``GridKernel/GridError/Code/unavailable``.
@@ -43,41 +46,54 @@ public struct PostgresTaskQueue: TaskQueue {
         try await database.execute(
             "enqueue",
             """
-            INSERT INTO \(unescaped: database.table("queue")) (session, idx, priority, payload)
-            SELECT s, i, p, CASE WHEN h THEN d END
-            FROM unnest(\(sessions)::text[], \(indices)::int8[], \(priorities)::int8[], \(hasPayload)::bool[], \(payloads)::bytea[])
-                WITH ORDINALITY AS j(s, i, p, h, d, n)
-            ORDER BY n
+            WITH inserted AS (
+                INSERT INTO \(unescaped: database.table("queue")) (session, idx, priority, payload)
+                SELECT s, i, p, CASE WHEN h THEN d END
+                FROM unnest(\(sessions)::text[], \(indices)::int8[], \(priorities)::int8[], \(hasPayload)::bool[], \(payloads)::bytea[])
+                    WITH ORDINALITY AS j(s, i, p, h, d, n)
+                ORDER BY n
+            )
+            SELECT pg_notify(\(readyChannel), '') IS NULL
             """)
     }
 
     /// Leases up to `max` ready messages for `duration`, in `order` of priority, FIFO within a priority.
     ///
-    /// When nothing is ready and `wait` is positive, looks again every ``PostgresDatabase/pollInterval``
-    /// of real time until `wait` has passed. A negative `duration` counts as zero.
+    /// When nothing is ready and `wait` is positive, waits until `wait` (real time) has passed for a
+    /// notification of `<schema>_ready` (an enqueue or a release by any process), or for the next
+    /// delayed or leased message to come due, and looks again; every ``PostgresDatabase/pollInterval``
+    /// while notifications cannot reach this process. A negative `duration` counts as zero.
     ///
-    /// - Throws: ``GridKernel/GridError/Code/unavailable``; `CancellationError` if cancelled while waiting.
+    /// - Throws: ``GridKernel/GridError/Code/unavailable``; `CancellationError` as soon as the task is
+    ///   cancelled while waiting.
     public func lease(max: Int, duration: Duration, order: PriorityOrder, wait: Duration) async throws -> [Lease] {
         guard max > 0 else { return [] }
-        let deadline = ContinuousClock.now.advanced(by: Swift.max(wait, .zero))
-        while true {
-            let leases = try await leaseOnce(max: max, duration: Swift.max(duration, .zero), order: order)
-            let remaining = ContinuousClock.now.duration(to: deadline)
-            if !leases.isEmpty || remaining <= .zero { return leases }
-            try await Task.sleep(for: Swift.min(database.pollInterval, remaining))
-        }
+        let duration = Swift.max(duration, .zero)
+        return try await database.waitForNotification(readyChannel, key: "", timeout: wait) {
+            let (leases, due) = try await leaseOnce(max: max, duration: duration, order: order)
+            return (leases.isEmpty ? nil : leases, due)
+        } ?? []
     }
 
-    private func leaseOnce(max: Int, duration: Duration, order: PriorityOrder) async throws -> [Lease] {
+    /// The channel of arrivals, `<schema>_ready`.
+    private var readyChannel: String { database.channel("ready") }
+
+    /// One look: makes the messages that came due ready, then leases; also tells when the next message
+    /// that is delayed or leased comes due, if any.
+    private func leaseOnce(max: Int, duration: Duration, order: PriorityOrder) async throws -> (leases: [Lease], due: Duration?) {
         let now = database.clock.now.timeIntervalSince1970
         let expiry = now + duration.timeInterval
         let queue = database.table("queue")
-        try await database.execute(
+        let nextDue = try await database.collect(
             "lease",
             """
-            UPDATE \(unescaped: queue) SET status = 0
-            WHERE id IN (SELECT id FROM \(unescaped: queue) WHERE status <> 0 AND visible_at <= \(now) FOR UPDATE SKIP LOCKED)
-            """)
+            WITH due AS (
+                UPDATE \(unescaped: queue) SET status = 0
+                WHERE id IN (SELECT id FROM \(unescaped: queue) WHERE status <> 0 AND visible_at <= \(now) FOR UPDATE SKIP LOCKED)
+            )
+            SELECT min(visible_at) FROM \(unescaped: queue) WHERE status <> 0 AND visible_at > \(now)
+            """
+        ) { row in try row.decode(Double?.self) }.first ?? nil
         let direction = order == .highestFirst ? "DESC" : "ASC"
         let beyond = order == .highestFirst ? "<" : ">"
         var leases: [Lease] = []
@@ -114,7 +130,7 @@ public struct PostgresTaskQueue: TaskQueue {
             leases.append(contentsOf: taken.lazy.map(\.lease))
             band = priority
         }
-        return leases
+        return (leases, nextDue.map { Duration(timeInterval: $0 - now) })
     }
 
     /// Extends the leases whose handle is current to `duration` from now.
@@ -144,14 +160,15 @@ public struct PostgresTaskQueue: TaskQueue {
             """)
     }
 
-    /// Makes the messages whose handle is current visible again after `delay`; stale handles are ignored.
+    /// Makes the messages whose handle is current visible again after `delay`, and notifies
+    /// `<schema>_ready` (a waiting lease learns when they come due); stale handles are ignored.
     ///
     /// - Throws: ``GridKernel/GridError/Code/invalidArgument`` for a handle this queue did not make;
     ///   ``GridKernel/GridError/Code/unavailable``.
     public func release(_ leases: [Lease], delay: Duration) async throws {
         guard !leases.isEmpty else { return }
         let visibleAt = database.clock.now.timeIntervalSince1970 + Swift.max(delay, .zero).timeInterval
-        _ = try await updateCurrent("release", leases, status: 2, visibleAt: visibleAt)
+        _ = try await updateCurrent("release", leases, status: 2, visibleAt: visibleAt, notifying: true)
     }
 
     /// Counts messages per priority: `inFlight` are leased with a lease that has not expired; `waiting`
@@ -174,8 +191,11 @@ public struct PostgresTaskQueue: TaskQueue {
     }
 
     /// Sets the status (1 leased, 2 delayed) and the due time of the messages whose handle is current,
-    /// in one statement; returns their handles.
-    private func updateCurrent(_ operation: String, _ leases: [Lease], status: Int, visibleAt: Double) async throws -> Set<String> {
+    /// in one statement, notifying `<schema>_ready` if asked and a message changed; returns their handles.
+    private func updateCurrent(
+        _ operation: String, _ leases: [Lease], status: Int, visibleAt: Double, notifying: Bool = false
+    ) async throws -> Set<String> {
+        let notify = notifying ? "pg_notify(\(PostgresStateStore.literal(readyChannel)), '') IS NULL" : "true"
         let (ids, deliveries) = try Self.parseHandles(leases)
         let rows = try await database.collect(
             operation,
@@ -183,9 +203,9 @@ public struct PostgresTaskQueue: TaskQueue {
             UPDATE \(unescaped: database.table("queue")) AS q SET status = \(unescaped: String(status)), visible_at = \(visibleAt)
             FROM unnest(\(ids)::int8[], \(deliveries)::int8[]) AS j(id, n)
             WHERE q.id = j.id AND q.delivery_count = j.n
-            RETURNING q.id, q.delivery_count
+            RETURNING q.id, q.delivery_count, \(unescaped: notify)
             """
-        ) { row in try row.decode((Int, Int).self) }
+        ) { row in try row.decode((Int, Int, Bool).self) }
         return Set(rows.map { "\($0.0):\($0.1)" })
     }
 
