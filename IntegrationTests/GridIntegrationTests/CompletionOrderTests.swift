@@ -144,9 +144,11 @@ import Testing
         let state = backends.state
         let fast = ["--lease-duration", "2", "--heartbeat-interval", "0.5", "--reaper-interval", "0.5", "--retry-delay", "0.05"]
 
-        // The first agent: multiples of 5 fail (retryable, two retries), multiples of 7 hang until killed.
+        // The first agent: multiples of 5 fail (retryable, two retries), multiples of 7 hang until killed;
+        // it has a slot for every hanging task of both sessions (18 + 40), and a quarter of its slots free
+        // besides (an agent leases again once a quarter of its slots are free).
         let hanging = try agent(
-            ["--grid", grid, "--concurrency", "16", "--exec",
+            ["--grid", grid, "--concurrency", "100", "--exec",
              #"read x; if [ $((x % 7)) = 0 ]; then sleep 600; fi; if [ $((x % 5)) = 0 ]; then exit 1; fi; echo "$x""#] + fast)
         defer { if hanging.isRunning { kill(hanging.processIdentifier, SIGKILL) } }
         let main = try await client.createSession(SessionOptions(maxRetries: 2))
