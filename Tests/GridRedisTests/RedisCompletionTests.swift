@@ -134,8 +134,13 @@ func theSubscriberSurvivesADroppedConnection() async throws {
     let lease = Task { try await waiting.lease(max: 1, duration: .seconds(60), order: .highestFirst, wait: .seconds(10)) }
     try await parked(waiting.client, on: waiting.arrivals)
     let opened = waiting.client.subscriber.connectionsOpened
-    let killed = try await writer.client.send([RedisCommand("CLIENT", "KILL", "TYPE", "pubsub")])[0].checked().int ?? 0
-    #expect(killed >= 1)
+    // Kill this client's subscriber connection only (tests running beside this one have their own).
+    let port = try #require(waiting.client.subscriber.localPort)
+    let list = try await writer.client.send([RedisCommand("CLIENT", "LIST", "TYPE", "pubsub")])[0].checked().string ?? ""
+    let line = try #require(list.split(separator: "\n").first { $0.contains(" addr=127.0.0.1:\(port) ") || $0.contains("addr=127.0.0.1:\(port) ") })
+    let id = try #require(line.split(separator: " ").first { $0.hasPrefix("id=") }.map { String($0.dropFirst(3)) })
+    let killed = try await writer.client.send([RedisCommand("CLIENT", "KILL", "ID", id)])[0].checked().int ?? 0
+    #expect(killed == 1)
     try await until("the subscriber reconnected and the waiter parked again") {
         waiting.client.subscriber.connectionsOpened > opened && waiting.client.subscriber.parked(on: waiting.arrivals) == 1
     }

@@ -16,6 +16,9 @@ final class RedisConnection: Sendable {
     /// Whether the channel is still open.
     var isActive: Bool { channel.isActive }
 
+    /// The local port of the connection (Redis lists it in `CLIENT LIST` as the port of `addr`).
+    var localPort: Int? { channel.localAddress?.port }
+
     /// Connects, speaks TLS if configured, authenticates and selects the database. With `onMessage`,
     /// the connection is a subscriber's: published messages go to it (see ``RedisReplyHandler``), and
     /// `onClose` is called when the connection closes.

@@ -108,6 +108,9 @@ final class RedisSubscriber: Sendable {
     /// found nothing).
     func parked(on channel: String) -> Int { state.withLock { $0.subscriptions[channel]?.parked ?? 0 } }
 
+    /// The local port of the current connection, if any (for tests: `CLIENT LIST` names it in `addr`).
+    var localPort: Int? { state.withLock { $0.connection?.localPort } }
+
     /// How many connections were opened so far (for tests).
     var connectionsOpened: Int { state.withLock { $0.opened } }
 
