@@ -43,10 +43,11 @@ LAYOUT = {
 }
 
 # API calls made only by `htc aws init`, which Terraform replaces: the run-time role needs none of them.
-SETUP_ONLY = {"CreateTable", "DescribeTable", "UpdateTimeToLive", "CreateBucket"}
+SETUP_ONLY = {"CreateTable", "DescribeTable", "UpdateTable", "UpdateTimeToLive", "CreateBucket"}
 
 # The IAM action that authorises each API call (batch calls are authorised by the single action).
 IAM_ACTION = {
+    "TransactWriteItems": ("dynamodb:PutItem", "dynamodb:UpdateItem"),
     "ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility", "CreateQueue": "sqs:CreateQueue",
     "DeleteMessageBatch": "sqs:DeleteMessage", "GetQueueAttributes": "sqs:GetQueueAttributes",
     "GetQueueUrl": "sqs:GetQueueUrl", "ListQueues": "sqs:ListQueues", "ReceiveMessage": "sqs:ReceiveMessage",
@@ -96,7 +97,11 @@ def layout_from_sources():
     swift_template = lambda s: s.replace(r"\(prefix)", "{prefix}").replace(r"\(priority)", "{priority}")
     queue = one(r'func queueName\(prefix: String, priority: Int\) -> String \{ "([^"]+)" \}', sqs, "queueName")
     dead = one(r'func deadLetterQueueName\(prefix: String\) -> String \{ "([^"]+)" \}', sqs, "deadLetterQueueName")
-    definitions = one(r'"AttributeDefinitions": \.array\(\s*\[(.*?)\]\.map', table, "AttributeDefinitions").group(1)
+    definitions = one(r'attributeDefinitions: JSON = \.array\(\s*\[(.*?)\]\.map', table, "attributeDefinitions").group(1)
+    item = source("DynamoDBItem.swift")
+    # Index names the table code takes from DynamoDBItem's constants.
+    for constant, value in re.findall(r'static let (\w+) = "(\w+)"', item):
+        table = table.replace(f".string(DynamoDBItem.{constant})", f'"{value}"')
     table_key = one(r'"KeySchema": \[\["AttributeName": "(\w+)", "KeyType": "HASH"\], \["AttributeName": "(\w+)", "KeyType": "RANGE"\]\],\s*'
                     r'(?:"GlobalSecondaryIndexes"|\])', table, "the table's key")
     return {

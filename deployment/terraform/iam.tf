@@ -61,8 +61,9 @@ data "aws_iam_policy_document" "grid" {
     actions   = ["sqs:ListQueues"]
     resources = ["*"]
   }
-  # TransactWriteItems (beginning a submission) has no IAM action of its own: its Update and Puts are
-  # authorised by dynamodb:UpdateItem and dynamodb:PutItem.
+  # TransactWriteItems (submissions, every transition with its counters and completion numbers) has no
+  # IAM action of its own: its Updates and Puts are authorised by dynamodb:UpdateItem and dynamodb:PutItem.
+  # Query also reads the completion index (<table>/index/completions).
   statement {
     sid = "StateTable"
     actions = [
@@ -74,7 +75,7 @@ data "aws_iam_policy_document" "grid" {
       "dynamodb:Query",
       "dynamodb:UpdateItem",
     ]
-    resources = [aws_dynamodb_table.state.arn]
+    resources = [aws_dynamodb_table.state.arn, "${aws_dynamodb_table.state.arn}/index/*"]
   }
   statement {
     sid = "Payloads"

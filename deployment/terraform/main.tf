@@ -32,7 +32,7 @@ resource "aws_sqs_queue" "priority" {
   })
 }
 
-# --- DynamoDB: the state store, one table (pk + sk), no secondary index --------------------------
+# --- DynamoDB: the state store, one table (pk + sk) and its completion index -------------------------
 
 resource "aws_dynamodb_table" "state" {
   name         = local.table_name
@@ -48,10 +48,27 @@ resource "aws_dynamodb_table" "state" {
     name = "sk"
     type = "S"
   }
+  attribute {
+    name = "sid"
+    type = "S"
+  }
+  attribute {
+    name = "cseq"
+    type = "N"
+  }
+
+  # The completion order: terminal tasks carry their session (sid) and completion number (cseq); a
+  # sparse index, written only when a task becomes terminal, read by results in completion order.
+  global_secondary_index {
+    name            = "completions"
+    hash_key        = "sid"
+    range_key       = "cseq"
+    projection_type = "ALL"
+  }
 
   # Sessions (pk "session"), each session's tasks (pk "t#<session>#<shard>", sk the index) and the
-  # lease buckets the reaper reads (pk "lease#<shard>", sk the expiry) are all queries of the table
-  # itself: no index for every transition to write as well.
+  # lease buckets the reaper reads (pk "lease#<shard>", sk the expiry) and each session's counters are
+  # queries of the table itself; only the completion order has an index.
 
   # The grid never sets it; an operator may, to expire old records (docs/backends.md).
   ttl {
