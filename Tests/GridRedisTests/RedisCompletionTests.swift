@@ -72,16 +72,16 @@ func aCompletionWaiterIsWokenByAnotherClient() async throws {
     let owner = AgentID("writer")
     let claimed = try await writer.claim(ids, owner: owner, token: .random(), leaseExpiry: Date() + 600, now: Date())
 
-    let waiter = Task { try await waiting.waitForCompletions(session, after: 0, timeout: .seconds(10)) }
+    let waiter = Task { try await waiting.waitForCompletions(session, after: 0, timeout: .seconds(60)) }
     try await parked(waiting.client, on: waiting.doneChannel(session))
     let finishedAt = ContinuousClock.now
     _ = try await writer.finish([TaskCompletion(id: ids[0], attempt: claimed[0].attempt, output: nil)], owner: owner, at: Date())
     #expect(try await waiter.value, "woken by the other client's finish")
     let latency = ContinuousClock.now - finishedAt
-    #expect(latency < .seconds(2), "woken by the publish, not by a look (\(latency))")
+    #expect(latency < .seconds(15), "woken by the publish, not by a look every 30 s (\(latency))")
     print("completion wake-up after a finish by another client: \(latency)")
 
-    let second = Task { try await waiting.waitForCompletions(session, after: 1, timeout: .seconds(10)) }
+    let second = Task { try await waiting.waitForCompletions(session, after: 1, timeout: .seconds(60)) }
     try await parked(waiting.client, on: waiting.doneChannel(session))
     _ = try await writer.cancel([ids[1]], at: Date())
     #expect(try await second.value, "woken by the other client's cancel")
@@ -96,17 +96,17 @@ func aWaitingLeaseIsWokenByAnotherClient() async throws {
     let task = TaskID(session: SessionID.random(), index: 0)
     _ = try await writer.depth()  // connected, scripts loaded: the latency below is the wake-up's
 
-    let lease = Task { try await waiting.lease(max: 1, duration: .seconds(60), order: .highestFirst, wait: .seconds(10)) }
+    let lease = Task { try await waiting.lease(max: 1, duration: .seconds(60), order: .highestFirst, wait: .seconds(60)) }
     try await parked(waiting.client, on: waiting.arrivals)
     let enqueuedAt = ContinuousClock.now
     try await writer.enqueue([QueuedTask(id: task, priority: 0)])
     let leased = try await lease.value
     #expect(leased.map(\.id) == [task], "woken by the other client's enqueue")
     let latency = ContinuousClock.now - enqueuedAt
-    #expect(latency < .seconds(2), "woken by the publish, not by a look (\(latency))")
+    #expect(latency < .seconds(15), "woken by the publish, not by a look every 30 s (\(latency))")
     print("lease wake-up after an enqueue by another client: \(latency)")
 
-    let again = Task { try await waiting.lease(max: 1, duration: .seconds(60), order: .highestFirst, wait: .seconds(10)) }
+    let again = Task { try await waiting.lease(max: 1, duration: .seconds(60), order: .highestFirst, wait: .seconds(60)) }
     try await parked(waiting.client, on: waiting.arrivals)
     try await writer.release(leased, delay: .zero)
     #expect(try await again.value.map(\.id) == [task], "woken by the other client's release")
@@ -131,7 +131,7 @@ func theSubscriberSurvivesADroppedConnection() async throws {
     let prefix = "wake-" + UUID().uuidString.prefix(8).lowercased()
     let waiting = RedisTaskQueue(client: try redisTests.client(prefix), pollInterval: noPoll)
     let writer = RedisTaskQueue(client: try redisTests.client(prefix))
-    let lease = Task { try await waiting.lease(max: 1, duration: .seconds(60), order: .highestFirst, wait: .seconds(10)) }
+    let lease = Task { try await waiting.lease(max: 1, duration: .seconds(60), order: .highestFirst, wait: .seconds(60)) }
     try await parked(waiting.client, on: waiting.arrivals)
     let opened = waiting.client.subscriber.connectionsOpened
     // Kill this client's subscriber connection only (tests running beside this one have their own).
@@ -149,20 +149,20 @@ func theSubscriberSurvivesADroppedConnection() async throws {
     try await writer.enqueue([QueuedTask(id: task, priority: 0)])
     #expect(try await lease.value.map(\.id) == [task], "woken through the new connection")
     let latency = ContinuousClock.now - enqueuedAt
-    #expect(latency < .seconds(2), "woken by the publish, not by a look (\(latency))")
+    #expect(latency < .seconds(15), "woken by the publish, not by a look every 30 s (\(latency))")
 }
 
 // MARK: Helpers
 
-/// Waits (up to 10 s) until a waiter of `client` looked, found nothing, and parked on `channel`.
+/// Waits (up to 60 s: the full suite loads Redis and the machine) until a waiter of `client` looked, found nothing, and parked on `channel`.
 private func parked(_ client: RedisClient, on channel: String) async throws {
     try await until("a waiter parked on \(channel)") { client.subscriber.parked(on: channel) >= 1 }
 }
 
 private func until(_ what: String, _ condition: () -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(10)
+    let deadline = ContinuousClock.now + .seconds(60)
     while !condition() {
-        try #require(ContinuousClock.now < deadline, "\(what) within 10 s")
+        try #require(ContinuousClock.now < deadline, "\(what) within 60 s")
         await Task.yield()
         try await Task.sleep(for: .microseconds(200))
     }
