@@ -48,8 +48,6 @@ public struct CompletionStream: AsyncSequence, Sendable {
     public struct Iterator: AsyncIteratorProtocol {
         /// The completion number of the last result returned: where a new stream resumes.
         public private(set) var cursor: Int
-        /// The session's task count, once the stream has caught up with the session.
-        public private(set) var taskCount: Int?
         private let read: @Sendable (Int) async throws -> CompletionPage
         private var buffer: [TaskResult] = []
         private var position = 0
@@ -70,7 +68,6 @@ public struct CompletionStream: AsyncSequence, Sendable {
                 let page = try await read(cursor)
                 buffer = page.items
                 position = 0
-                taskCount = page.taskCount ?? taskCount
                 done = page.complete
             }
             let result = buffer[position]

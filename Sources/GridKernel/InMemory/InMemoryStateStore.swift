@@ -50,6 +50,8 @@ public actor InMemoryStateStore: StateStore {
     private var completionOrder: [SessionID: [Int]] = [:]
     /// Rung whenever a task becomes terminal, for ``waitForCompletions(_:after:timeout:)``.
     private nonisolated let completed = ArrivalSignal()
+    /// Whether tasks became terminal since the waiters were last woken (once per call, not per task).
+    private var unannounced = false
     private var expiries = SortedList<ExpiryKey>()
     private var submissions: [SubmissionSlot: SubmissionRecord] = [:]
 
@@ -175,6 +177,7 @@ public actor InMemoryStateStore: StateStore {
         for task in tasks where records[task.id] == nil {
             store(task, replacing: nil)
         }
+        announceCompletions()
     }
 
     /// Claims tasks by ``TaskRecord/claimed(by:token:leaseExpiry:now:)``. Unknown tasks are ignored.
@@ -338,7 +341,15 @@ public actor InMemoryStateStore: StateStore {
             guard let old = records[id], let new = rule(old) else { continue }
             changed.append((old, new != old ? store(new, replacing: old) : new))
         }
+        announceCompletions()
         return changed
+    }
+
+    /// Wakes the completion waiters once if the call made tasks terminal.
+    private func announceCompletions() {
+        guard unannounced else { return }
+        unannounced = false
+        completed.signal()
     }
 
     /// Writes a record, numbering it in its session's completion order if it just became terminal, and
@@ -350,7 +361,7 @@ public actor InMemoryStateStore: StateStore {
         if new.enteredTerminalState(from: old) {
             completionOrder[id.session, default: []].append(id.index)
             new.completionSequence = completionOrder[id.session]?.count
-            completed.signal()
+            unannounced = true
         }
         if old?.state != new.state {
             if let old { indexes[id.session, default: StateIndex()].remove(id.index, from: old.state) }
